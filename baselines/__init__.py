@@ -1,0 +1,1 @@
+"""Baseline samplers, one module each: deep ensembles, MC dropout, MNF, APD."""

@@ -1,0 +1,1 @@
+"""Evaluation: metrics (one definition each), the harness, tables and figures."""

@@ -1,0 +1,157 @@
+"""The sampler contract: every method is a distribution over the weights of one target net.
+
+A fitted :class:`WeightSampler` draws ``n`` whole weight sets at once as a dict
+``parameter name -> Tensor[n, *param.shape]``, keyed exactly like
+``target.named_parameters()``. The harness runs those ``n`` networks in one vmapped call
+(:func:`uqbench.functional.stacked_forward`); no method evaluates networks itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from uqbench.errors import UserError
+
+#: ``progress(step, total, **metrics)``: called by ``fit`` so the CLI can show progress.
+Progress = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class Task:
+    """What the target net predicts and under which likelihood it is trained.
+
+    classification: the net outputs ``num_classes`` logits; loss = cross-entropy.
+    regression: the net outputs the mean (1 unit), or mean and log-variance (2 units,
+    ``heteroscedastic``); with one output the likelihood is N(mean, noise_std**2).
+    """
+
+    kind: Literal["classification", "regression"] = "classification"
+    num_classes: int = 10
+    noise_std: float = 1.0
+    heteroscedastic: bool = False
+
+    @property
+    def is_classification(self) -> bool:
+        return self.kind == "classification"
+
+
+class WeightSampler(ABC):
+    """A distribution over the weights of ``target``, fitted to a training set.
+
+    Subclasses set ``name`` (the registry key) and ``Config`` (a dataclass whose defaults
+    work), and implement ``fit``, ``sample``, ``state_dict`` and ``load_state_dict``.
+    """
+
+    name: ClassVar[str]
+    Config: ClassVar[type]
+    #: Largest ``n`` that ``sample`` can return (an ensemble has M members); None = any.
+    max_samples: int | None = None
+
+    def __init__(
+        self,
+        target: nn.Module,
+        config: Any = None,
+        *,
+        task: Task | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.target = target.to(device)
+        self.config = config if config is not None else self.Config()
+        self.task = task if task is not None else Task()
+        self.device = torch.device(device)
+        #: Extra numbers a method reports beside the shared metrics (e.g. APD's teacher).
+        self.extra_metrics: dict[str, float] = {}
+
+    # --- the contract -------------------------------------------------------------
+    @abstractmethod
+    def fit(self, train: Dataset, *, seed: int, progress: Progress | None = None) -> None:
+        """Fit the weight distribution to ``train`` (deterministic given ``seed``)."""
+
+    @abstractmethod
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        """Draw ``n`` weight sets: name -> Tensor[n, *shape] on ``self.device``."""
+
+    @abstractmethod
+    def state_dict(self) -> dict:
+        """Everything needed to sample again after ``load_state_dict`` (tensors, numbers)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned."""
+
+    # --- shared helpers -------------------------------------------------------------
+    def check_n(self, n: int) -> None:
+        """Raise a UserError when ``n`` is not a number of networks this sampler can draw."""
+        if n < 1:
+            raise UserError(f"{self.name}: asked for {n} sampled networks; use a count >= 1")
+        if self.max_samples is not None and n > self.max_samples:
+            raise UserError(
+                f"{self.name}: asked for {n} networks but it holds only {self.max_samples}; "
+                f"use --samples {self.max_samples} or train more members"
+            )
+
+    def param_shapes(self) -> dict[str, torch.Size]:
+        """Parameter names and shapes of the target net, in registration order."""
+        return {k: p.shape for k, p in self.target.named_parameters()}
+
+    def num_stored_parameters(self) -> int:
+        """How many numbers the method stores to sample again (the ``params`` cost metric)."""
+        total = 0
+        for value in _tensors(self.state_dict()):
+            if value.is_floating_point():
+                total += value.numel()
+        return total
+
+    @classmethod
+    def make_config(cls, overrides: dict[str, str] | None = None) -> Any:
+        """Build ``Config`` with string overrides (``--set name.key=value``) cast to each field's type."""
+        config = cls.Config()
+        for key, raw in (overrides or {}).items():
+            fields = {f.name: f for f in dataclasses.fields(config)}
+            if key not in fields:
+                raise UserError(
+                    f"{cls.name} has no setting {key!r}; known settings: {', '.join(sorted(fields))}"
+                )
+            current = getattr(config, key)
+            config = dataclasses.replace(config, **{key: _cast(raw, current, f"{cls.name}.{key}")})
+        return config
+
+
+def _cast(raw: str, current: Any, label: str) -> Any:
+    try:
+        if isinstance(current, bool):
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        if isinstance(current, int):
+            return int(raw)
+        if isinstance(current, float):
+            return float(raw)
+        if isinstance(current, tuple):
+            return tuple(type(current[0])(v) for v in raw.split(",")) if current else tuple(raw.split(","))
+        if current is None:
+            return None if raw.lower() == "none" else raw
+        return type(current)(raw)
+    except ValueError:
+        raise UserError(f"--set {label}={raw}: expected a {type(current).__name__}") from None
+
+
+def _tensors(obj: Any):
+    if isinstance(obj, Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, list | tuple):
+        for v in obj:
+            yield from _tensors(v)
