@@ -54,6 +54,8 @@ class WeightSampler(ABC):
     Config: ClassVar[type]
     #: Largest ``n`` that ``sample`` can return (an ensemble has M members); None = any.
     max_samples: int | None = None
+    #: Benchmark name -> config overrides tuned for it, applied before the user's ``--set``.
+    presets: ClassVar[dict[str, dict[str, Any]]] = {}
 
     def __init__(
         self,
@@ -111,9 +113,14 @@ class WeightSampler(ABC):
         return total
 
     @classmethod
-    def make_config(cls, overrides: dict[str, str] | None = None) -> Any:
-        """Build ``Config`` with string overrides (``--set name.key=value``) cast to each field's type."""
+    def make_config(
+        cls, overrides: dict[str, str] | None = None, *, benchmark: str | None = None
+    ) -> Any:
+        """Build ``Config``: defaults, then ``presets[benchmark]``, then string overrides
+        (``--set name.key=value``) cast to each field's type."""
         config = cls.Config()
+        if benchmark is not None and benchmark in cls.presets:
+            config = dataclasses.replace(config, **cls.presets[benchmark])
         for key, raw in (overrides or {}).items():
             fields = {f.name: f for f in dataclasses.fields(config)}
             if key not in fields:
