@@ -1,1 +1,9 @@
-"""Evaluation: metrics (one definition each), the harness, tables and figures."""
+"""Evaluation: metrics (one definition each), the harness, tables and figures.
+
+``metrics`` (classification), ``regression``, ``harness`` (:func:`evaluate`), ``tables``
+and ``plots`` (imports matplotlib; not imported here).
+"""
+
+from uqbench.evaluation.harness import Evaluation, evaluate, load_arrays
+
+__all__ = ["Evaluation", "evaluate", "load_arrays"]

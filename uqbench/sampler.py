@@ -150,7 +150,8 @@ def _cast(raw: str, current: Any, label: str) -> Any:
             return None if raw.lower() == "none" else raw
         return type(current)(raw)
     except ValueError:
-        raise UserError(f"--set {label}={raw}: expected a {type(current).__name__}") from None
+        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(type(current), type(current).__name__)
+        raise UserError(f"--set {label}={raw}: expected {kind}") from None
 
 
 def _tensors(obj: Any):
