@@ -85,9 +85,16 @@ def mutual_information(probs: ArrayLike) -> Tensor:
     return (_entropy(p.mean(0)) - _entropy(p).mean(0)).clamp_min(0.0)
 
 
+def _predictions(p: Tensor) -> Tensor:
+    """argmax over the last axis (ties: lowest index); −1 (never correct) where a row is not
+    finite, so a diverged network earns no accuracy (torch's argmax would pick the NaN)."""
+    return p.argmax(-1).masked_fill(~p.isfinite().all(-1), -1)
+
+
 def accuracy(probs: ArrayLike, labels: ArrayLike) -> float:
-    """Share of inputs with argmax_c p̄_c = y (ties go to the lowest class index)."""
-    pred = predictive_probs(probs).argmax(-1)
+    """Share of inputs with argmax_c p̄_c = y (ties go to the lowest class index; an input
+    with a non-finite p̄ counts as wrong)."""
+    pred = _predictions(predictive_probs(probs))
     return (pred == _labels(labels)).double().mean().item()
 
 
@@ -246,7 +253,7 @@ def accuracy_curve(probs: ArrayLike, labels: ArrayLike) -> np.ndarray:
     """``acc[k-1]`` = accuracy of the ensemble of the first k sampled networks, k = 1..n."""
     p = _per_network(probs)
     # argmax of the running sum = argmax of the running mean.
-    pred = p.cumsum(0).argmax(-1)  # [n, N]
+    pred = _predictions(p.cumsum(0))  # [n, N]
     return (pred == _labels(labels).view(1, -1)).double().mean(1).numpy()
 
 
@@ -274,6 +281,11 @@ def diversity_l2_rel_std(weights: dict[str, Tensor]) -> float:
 
 
 def disagreement(probs: ArrayLike) -> float:
-    """(1/(nN)) Σ_k Σ_i 1[argmax_c p_k(x_i) ≠ argmax_c p̄(x_i)]: function-space diversity."""
+    """(1/(nN)) Σ_k Σ_i 1[argmax_c p_k(x_i) ≠ argmax_c p̄(x_i)]: function-space diversity.
+
+    NaN when any probability is not finite.
+    """
     p = _per_network(probs)
+    if not p.isfinite().all():
+        return float("nan")
     return (p.argmax(-1) != p.mean(0).argmax(-1).unsqueeze(0)).double().mean().item()

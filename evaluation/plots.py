@@ -114,7 +114,7 @@ def regression_bands(cells: Cells, path: str | Path) -> Path:
         x, mean = a["grid_x"], a["grid_mean"]
         total, epistemic = a["grid_std_total"], a["grid_std_epistemic"]
         if "train_range" in a:
-            ax.axvspan(*a["train_range"], color="0.93", zorder=0)
+            ax.axvspan(*a["train_range"], color="0.93", zorder=0, label="training range")
         ax.fill_between(x, mean - 2 * total, mean + 2 * total, color="tab:blue", alpha=0.2,
                         linewidth=0, label="± 2 std total")
         ax.fill_between(x, mean - 2 * epistemic, mean + 2 * epistemic, color="tab:blue",
@@ -124,7 +124,10 @@ def regression_bands(cells: Cells, path: str | Path) -> Path:
         if "train_x" in a:
             ax.scatter(a["train_x"], a["train_y"], s=12, color="tab:red", zorder=3,
                        label="training points")
-        ax.set(xlabel="x", ylabel="y", title=method)
+        # Fixed y-range (true function and data, +50%) so one wild band cannot flatten the rest.
+        seen = np.concatenate([x**3, a.get("train_y", np.zeros(0))])
+        pad = 0.5 * (seen.max() - seen.min())
+        ax.set(xlabel="x", ylabel="y", title=method, ylim=(seen.min() - pad, seen.max() + pad))
         ax.legend(loc="upper left", fontsize="x-small")
     return _save(fig, path)
 

@@ -76,7 +76,7 @@ def render_markdown(header: Sequence[str], rows: Sequence[Sequence[str]], numeri
         "| " + " | ".join(align) + " |",
     ]
     lines += ["| " + " | ".join(_escape(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines)
 
 
 def to_markdown(df: pd.DataFrame, *, metrics: Sequence[str] | None = None) -> str:

@@ -129,6 +129,15 @@ def test_nll_survives_probabilities_that_underflow() -> None:
     )
 
 
+def test_non_finite_predictions_earn_no_accuracy() -> None:
+    probs = torch.tensor([[[0.9, 0.1], [float("nan"), float("nan")], [0.3, 0.7]]])
+    labels = torch.tensor([0, 0, 1])
+    assert M.accuracy(probs, labels) == pytest.approx(2 / 3)  # the NaN row is wrong
+    assert M.accuracy_curve(probs, labels).tolist() == pytest.approx([2 / 3])
+    assert math.isnan(M.disagreement(probs))
+    assert math.isnan(M.brier_score(probs, labels))
+
+
 def test_identical_networks_have_zero_epistemic_uncertainty() -> None:
     probs, _ = _random_probs(n=1)
     same = probs.expand(5, -1, -1)

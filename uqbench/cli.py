@@ -15,9 +15,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from uqbench.data.registry import DEFAULT_BENCHMARK
 from uqbench.errors import UserError
 
-DEFAULT_BENCHMARK = "mnist5k-split"
 DEFAULT_METHODS = "hypergan,mcdropout"
 
 

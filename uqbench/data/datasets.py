@@ -8,6 +8,7 @@ nothing here falls back to another dataset.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +29,9 @@ _IDX_PREFIX = {"train": "train", "test": "t10k"}
 _DATA_ROOT_HINT = "set UQBENCH_DATA or --data-root to a folder holding"
 
 
-def _torchvision_fetch(cls_name: str, split: Split, subfolder: str = ""):
+def _torchvision_fetch(
+    cls_name: str, split: Split, subfolder: str = ""
+) -> Callable[[Path], object]:
     """``fetch(cache)`` that downloads a torchvision dataset split into the cache."""
 
     def fetch(cache: Path) -> object:

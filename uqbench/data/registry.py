@@ -16,7 +16,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import train_test_split
 from torch import Tensor
 from torch.utils.data import TensorDataset
 
@@ -24,7 +23,7 @@ from uqbench.data import datasets
 from uqbench.data.benchmark import BenchmarkData
 from uqbench.data.images import conform, to_float
 from uqbench.data.ood import load_ood_images
-from uqbench.data.search import DataSearch, missing_data_error
+from uqbench.data.search import DataSearch
 from uqbench.errors import UserError
 from uqbench.sampler import Task
 from uqbench.targets import mednet, small_cnn, toy1d_mlp
@@ -57,13 +56,29 @@ def _like(reference: Tensor, images: np.ndarray) -> Tensor:
     return conform(to_float(images), channels=reference.shape[1], size=tuple(reference.shape[2:]))
 
 
+def stratified_split(
+    labels: np.ndarray, *, test_share: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted ``(train, test)`` indices holding ``round(test_share * n_c)`` of each class c
+    in test.
+
+    Uses numpy's legacy ``RandomState``, whose stream numpy keeps fixed across versions,
+    so the split never changes under a user's feet.
+    """
+    rng = np.random.RandomState(seed)
+    test_parts = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        test_parts.append(rng.permutation(members)[: round(test_share * len(members))])
+    test = np.sort(np.concatenate(test_parts))
+    return np.setdiff1d(np.arange(len(labels)), test), test
+
+
 def _mnist5k_split(search: DataSearch) -> BenchmarkData:
     images, labels, where = datasets.mnist5k()
     inside = np.flatnonzero(labels < 5)
-    train_idx, test_idx = train_test_split(
-        inside, test_size=0.2, stratify=labels[inside], random_state=SPLIT_SEED
-    )
-    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+    train_pos, test_pos = stratified_split(labels[inside], test_share=0.2, seed=SPLIT_SEED)
+    train_idx, test_idx = inside[train_pos], inside[test_pos]
     train = _labelled(images[train_idx], labels[train_idx])
     return BenchmarkData(
         name="mnist5k-split",
@@ -168,21 +183,20 @@ def _cifar_jpeg(search: DataSearch, *, five: bool) -> BenchmarkData:
     if five:
         return _cifar_benchmark("cifar5-jpeg", datasets.cifar10_jpeg_sets(search), five=True)
     # SVHN is optional here: without it the benchmark has no OOD set, and says so.
-    wanted = datasets.svhn_wanted("test")
     try:
-        search.locate(wanted)
-    except UserError:
-        svhn_found = False
+        search.locate(datasets.svhn_wanted("test"))
+    except UserError as exc:
+        svhn_missing: str | None = str(exc)
     else:
-        svhn_found = True
+        svhn_missing = None
     parts = datasets.cifar10_jpeg_sets(search)
-    if svhn_found:
+    if svhn_missing is None:
         svhn_x, _, svhn_src = datasets.svhn_set("test", search)
         ood = {"svhn": _like(to_float(parts["train"][0][:1]), svhn_x)}
         ood_sources = {"ood/svhn": svhn_src}
     else:
-        reason = str(missing_data_error(wanted, search.roots, "no OOD set"))
-        ood, ood_sources = {}, {"ood": f"none: {reason}"}
+        ood = {}
+        ood_sources = {"ood": f"none (cifar10-jpeg runs without an OOD set): {svhn_missing}"}
     return _cifar_benchmark("cifar10-jpeg", parts, five=False, ood=ood, ood_sources=ood_sources)
 
 
@@ -263,7 +277,8 @@ def load_benchmark(
     """Load benchmark ``name`` from the search path, plus the user's ``--ood`` sets.
 
     ``data_root`` is searched first (then ``UQBENCH_DATA``, the user cache, system
-    dataset folders); ``download`` allows a torchvision download into the user cache.
+    dataset folders); ``download`` allows a torchvision download into the user cache
+    (``UQBENCH_NO_DOWNLOAD=1`` forbids it, e.g. on machines without a network).
     ``extra_ood`` maps a name to an IDX image file or an image folder.
     """
     spec = BENCHMARKS.get(name)
@@ -272,6 +287,8 @@ def load_benchmark(
     for ood_name, path in (extra_ood or {}).items():  # fail before a slow load
         if not Path(path).expanduser().exists():
             raise UserError(f"--ood {ood_name}={path}: no such file or folder; check the path")
+    if os.environ.get("UQBENCH_NO_DOWNLOAD", "") not in ("", "0"):
+        download = False
     data = spec.load(DataSearch(data_root, download=download))
     for ood_name, path in (extra_ood or {}).items():
         if not data.task.is_classification:
