@@ -53,7 +53,13 @@ def run_ray(
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 pending.pop(ref)
-                on_result(ray.get(ref))
+                try:
+                    outcome = ray.get(ref)
+                except ray.exceptions.RayTaskError as exc:
+                    if isinstance(exc.cause, UserError):  # the user's mistake, seen on a worker
+                        raise UserError(str(exc.cause)) from None
+                    raise
+                on_result(outcome)
     finally:
         if started_here:
             ray.shutdown()

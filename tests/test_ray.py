@@ -1,0 +1,30 @@
+"""--executor ray on a local Ray instance gives the table the local executor gives."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from uqbench.cli import main
+
+pytest.importorskip("ray", reason="the optional ray extra is not installed")
+
+ARGS = ["compare", "--methods", "ensemble,mcdropout", "--benchmark", "toy1d", "--seeds", "0,1",
+        "--samples", "3", "--device", "cpu",
+        "--set", "ensemble.epochs=100", "--set", "ensemble.members=3",
+        "--set", "mcdropout.epochs=100"]
+TIMINGS = {"fit_s", "sample_eval_s", "peak_mb"}
+
+
+@pytest.mark.ray
+def test_ray_executor_matches_local(tmp_path):
+    assert main([*ARGS, "--out", str(tmp_path / "local")]) == 0
+    assert main([*ARGS, "--out", str(tmp_path / "ray"), "--executor", "ray"]) == 0
+    local = pd.read_csv(tmp_path / "local" / "table.csv")
+    remote = pd.read_csv(tmp_path / "ray" / "table.csv")
+    key = ["method", "benchmark", "seed", "metric"]
+    merged = local.merge(remote, on=key, suffixes=("_local", "_ray"))
+    assert len(merged) == len(local) == len(remote)
+    scored = merged[~merged.metric.isin(TIMINGS)]
+    pd.testing.assert_series_equal(scored.value_local, scored.value_ray, check_names=False, rtol=1e-4)
+    assert len(list((tmp_path / "ray" / "checkpoints").glob("*.pt"))) == 4
