@@ -92,14 +92,16 @@ def tiny_benchmark(kind: str = "classification") -> BenchmarkData:
     )
 
 
-def make_tiny_sampler(cls: type[WeightSampler], kind: str = "classification") -> WeightSampler:
+def make_tiny_sampler(
+    cls: type[WeightSampler], kind: str = "classification", device: str = "cpu"
+) -> WeightSampler:
     """``cls`` on the tiny benchmark's target with its ``presets['tiny']`` config."""
     data = tiny_benchmark(kind)
     torch.manual_seed(0)
-    return cls(data.make_target(), cls.make_config(benchmark="tiny"), task=data.task)
+    return cls(data.make_target(), cls.make_config(benchmark="tiny"), task=data.task, device=device)
 
 
-def check_sampler_contract(cls: type[WeightSampler], n: int = 4) -> None:
+def check_sampler_contract(cls: type[WeightSampler], n: int = 4, device: str = "cpu") -> None:
     """Assert the WeightSampler contract for ``cls`` on classification and regression.
 
     Checks: names and shapes of samples; values finite; the n networks of one draw differ;
@@ -109,7 +111,7 @@ def check_sampler_contract(cls: type[WeightSampler], n: int = 4) -> None:
     """
     for kind in ("classification", "regression"):
         data = tiny_benchmark(kind)
-        sampler = make_tiny_sampler(cls, kind)
+        sampler = make_tiny_sampler(cls, kind, device)
         sampler.fit(data.train, seed=0)
         if sampler.max_samples is not None:
             n = min(n, sampler.max_samples)
@@ -119,6 +121,7 @@ def check_sampler_contract(cls: type[WeightSampler], n: int = 4) -> None:
         for name, value in draw.items():
             assert value.shape == (n, *shapes[name].shape), f"{name}: {tuple(value.shape)}"
             assert torch.isfinite(value).all(), f"{name} has non-finite values"
+            assert value.device.type == torch.device(device).type, f"{name} on {value.device}"
         flat = torch.cat([v.flatten(1) for v in draw.values()], dim=1)
         assert (flat[1:] - flat[0]).abs().amax() > 0, "all sampled networks in one draw are identical"
 
@@ -126,7 +129,7 @@ def check_sampler_contract(cls: type[WeightSampler], n: int = 4) -> None:
         for name in draw:
             torch.testing.assert_close(again[name], draw[name], msg=f"{name}: same generator, new draw")
 
-        twin = make_tiny_sampler(cls, kind)
+        twin = make_tiny_sampler(cls, kind, device)
         twin.fit(data.train, seed=0)
         twin_draw = twin.sample(n, generator=torch.Generator().manual_seed(7))
         for name in draw:
@@ -135,14 +138,14 @@ def check_sampler_contract(cls: type[WeightSampler], n: int = 4) -> None:
         buffer = io.BytesIO()
         torch.save(sampler.state_dict(), buffer)
         buffer.seek(0)
-        fresh = make_tiny_sampler(cls, kind)
+        fresh = make_tiny_sampler(cls, kind, device)
         fresh.load_state_dict(torch.load(buffer, weights_only=True))
         loaded = fresh.sample(n, generator=torch.Generator().manual_seed(7))
         for name in draw:
             torch.testing.assert_close(loaded[name], draw[name], msg=f"{name}: after state_dict round trip")
 
         x, _ = as_tensors(data.test)
-        out = stacked_forward(sampler.target, draw, x[:16])
+        out = stacked_forward(sampler.target, draw, x[:16].to(device))
         assert out.shape[:2] == (n, 16) and torch.isfinite(out).all()
 
         try:
