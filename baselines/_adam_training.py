@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterator
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -101,7 +102,7 @@ def train_with_adam(
     lr: float,
     weight_decay: float,
     cosine: bool,
-    reduction: str,
+    reduction: Literal["sum", "mean"],
     progress: Progress | None = None,
 ) -> dict[str, float]:
     """Train the leaf tensors ``params`` in place with Adam; return the last epoch's metrics.
