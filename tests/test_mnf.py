@@ -1,0 +1,199 @@
+"""MNF: the flows' log-determinants, the bound's terms, local reparameterisation against
+whole-weight sampling, the sampler contract, and learning on tiny data."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pyro.distributions as dist
+import pytest
+import torch
+from torch import nn
+from torch.autograd.functional import jacobian
+
+from uqbench.baselines.mnf import MNF, MNFConfig, _Flow, _LayerPosterior
+from uqbench.data.registry import load_benchmark
+from uqbench.errors import UserError
+from uqbench.functional import stacked_forward
+from uqbench.sampler import Task
+from uqbench.testing import check_sampler_contract, make_tiny_sampler, tiny_benchmark
+from uqbench.training import as_tensors
+
+
+def _perturb(module: nn.Module, std: float = 0.5, seed: int = 0) -> None:
+    """Move every parameter off its (identity-map) initialisation."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(std * torch.randn(p.shape, generator=g))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dim", [1, 2, 5])
+def test_flow_log_det_matches_autograd_jacobian(dim: int) -> None:
+    torch.manual_seed(0)
+    flow = _Flow(dim, steps=2, hidden=8, device=torch.device("cpu"))
+    _perturb(flow)
+    x = torch.randn(dim, dtype=torch.float64)
+    flow = flow.double()
+    _, log_det = flow(x)
+    jac = jacobian(lambda v: flow(v)[0], x)
+    assert not torch.allclose(jac, torch.eye(dim, dtype=torch.float64))  # a real test
+    torch.testing.assert_close(log_det, torch.linalg.slogdet(jac).logabsdet)
+
+
+def test_flows_start_at_the_identity() -> None:
+    for dim in (1, 4):
+        flow = _Flow(dim, steps=2, hidden=8, device=torch.device("cpu"))
+        x = torch.randn(3, dim)
+        y, log_det = flow(x)
+        torch.testing.assert_close(y, x)
+        torch.testing.assert_close(log_det, torch.zeros(3))
+
+
+def _layer(layer: nn.Module, z_axis: int = 1, seed: int = 0) -> _LayerPosterior:
+    torch.manual_seed(seed)
+    post = _LayerPosterior(layer, z_axis, MNFConfig(flow_hidden=8, init_log_var=-3.0))
+    _perturb(post, std=0.3, seed=seed)
+    return post
+
+
+def test_log_q_matches_pyro_transformed_distribution() -> None:
+    post = _layer(nn.Linear(6, 3))
+    eps = torch.randn(4, 6)
+    z, log_q = post.sample_z(eps)
+    base = dist.Normal(post.z_mean, (0.5 * post.z_log_var).exp()).to_event(1)
+    flow_dist = dist.TransformedDistribution(base, post.q_flow.transforms)
+    # A fresh tensor misses the transforms' cache, so pyro inverts the flow itself.
+    torch.testing.assert_close(log_q, flow_dist.log_prob(z.detach().clone()), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("layer", "z_axis"),
+    [(nn.Linear(5, 3), 1), (nn.Conv2d(3, 4, 3), 1), (nn.Conv2d(3, 4, 3), 0)],
+)
+def test_kl_of_weights_matches_torch(layer: nn.Module, z_axis: int) -> None:
+    post = _layer(layer, z_axis)
+    z = torch.randn(3, layer.weight.shape[z_axis])
+    ours = post.kl_weights(z)
+    shape = [1] * layer.weight.dim()
+    shape[z_axis] = -1
+    q = torch.distributions.Normal(z.view(3, *shape) * post.mu, post.weight_var().sqrt())
+    p = torch.distributions.Normal(0.0, 1.0)
+    reference = torch.distributions.kl_divergence(q, p).flatten(1).sum(1)
+    torch.testing.assert_close(ours, reference)
+
+
+@pytest.mark.parametrize("z_axis", [0, 1])
+def test_projected_weight_moments_match_monte_carlo(z_axis: int) -> None:
+    post = _layer(nn.Conv2d(3, 4, 3), z_axis)
+    z = torch.randn(1, post.mu.shape[z_axis])
+    mean, var = post.projected_moments(z)
+    g = torch.Generator().manual_seed(1)
+    draws = post.weight_mean(z) + post.weight_var().sqrt() * torch.randn(20000, *post.mu.shape, generator=g)
+    proj = torch.einsum("d,sdr->sr", post.c, torch.movedim(draws, z_axis + 1, 1).flatten(2))
+    torch.testing.assert_close(proj.mean(0), mean[0], atol=0.05, rtol=0.05)
+    torch.testing.assert_close(proj.var(0), var, atol=0.02, rtol=0.05)
+
+
+def test_auxiliary_r_is_a_normalised_density() -> None:
+    # 1-D z (planar auxiliary flow): integrate r(z | W) over a fine grid.
+    post = _layer(nn.Linear(1, 4), seed=2)
+    w_proj = torch.randn(1, 4)
+    grid = torch.linspace(-10, 12, 8001).unsqueeze(1)
+    with torch.no_grad():
+        density = post.log_r(grid, w_proj.expand(len(grid), 4)).exp()
+    assert torch.isfinite(density).all()
+    assert abs(torch.trapezoid(density, grid[:, 0]).item() - 1.0) < 1e-3
+    # 2-D z (affine coupling auxiliary flow): a 2-D grid.
+    post = _layer(nn.Linear(2, 4), seed=3)
+    axis = torch.linspace(-8, 10, 601)
+    zz = torch.cartesian_prod(axis, axis)
+    with torch.no_grad():
+        density = post.log_r(zz, w_proj.expand(len(zz), 4)).exp().view(601, 601)
+    mass = torch.trapezoid(torch.trapezoid(density, axis, dim=1), axis)
+    assert abs(mass.item() - 1.0) < 5e-3
+
+
+@pytest.mark.parametrize("conv_noise", ["inputs", "filters"])
+def test_local_reparameterisation_matches_sampled_weights(conv_noise: str) -> None:
+    """The training forward's output moments equal those of networks drawn by ``sample``."""
+    torch.manual_seed(0)
+    target = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 2))
+    sampler = MNF(target, MNFConfig(flow_hidden=8, init_log_var=-2.0, conv_noise=conv_noise))
+    _perturb(sampler.posterior, std=0.2)
+    x = torch.rand(1, 2, 4, 4)
+    n = 40000
+    with torch.no_grad():
+        local = sampler.training_forward(x.expand(n, 2, 4, 4))
+        weights = sampler.sample(n, generator=torch.Generator().manual_seed(0))
+        whole = stacked_forward(sampler.target, weights, x)[:, 0]
+    torch.testing.assert_close(local.mean(0), whole.mean(0), atol=0.03, rtol=0.03)
+    torch.testing.assert_close(local.std(0), whole.std(0), atol=0.03, rtol=0.03)
+
+
+def test_sampler_contract() -> None:
+    check_sampler_contract(MNF)
+
+
+def test_learns_tiny_images() -> None:
+    data = tiny_benchmark("classification")
+    sampler = make_tiny_sampler(MNF)
+    sampler.fit(data.train, seed=0)
+    x, y = as_tensors(data.test)
+    weights = sampler.sample(20, generator=torch.Generator().manual_seed(0))
+    probs = stacked_forward(sampler.target, weights, x).softmax(-1)
+    chance = 1 / data.task.num_classes
+    assert (probs.mean(0).argmax(-1) == y).float().mean() >= 0.95 > chance
+    assert sampler.extra_metrics["mnf_kl_per_example"] > 0
+
+
+def test_toy1d_epistemic_std_grows_outside_the_training_range() -> None:
+    data = load_benchmark("toy1d")
+    config = dataclasses.replace(MNF.make_config(benchmark="toy1d"), steps=600)
+    torch.manual_seed(0)
+    sampler = MNF(data.make_target(), config, task=data.task)
+    sampler.fit(data.train, seed=0)
+    x, y = as_tensors(data.test)
+    means = stacked_forward(sampler.target, sampler.sample(100, generator=torch.Generator().manual_seed(0)), x)[..., 0]
+    std = means.std(0, correction=0)
+    low, high = data.train_range
+    inside = (x[:, 0] >= low) & (x[:, 0] <= high)
+    assert std[~inside].mean() >= 2 * std[inside].mean()
+    # and the fit inside the range is far better than predicting the mean of y
+    rmse_inside = (means.mean(0) - y)[inside].pow(2).mean().sqrt()
+    assert rmse_inside < 0.5 * y[inside].std()
+
+
+def test_standardised_regression_folds_back_into_the_last_layer() -> None:
+    torch.manual_seed(0)
+    task = Task(kind="regression", heteroscedastic=True)
+    sampler = MNF(nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 2)), task=task)
+    x = torch.linspace(-1, 1, 5).unsqueeze(1)
+    plain = stacked_forward(sampler.target, sampler.sample(3, generator=torch.Generator().manual_seed(0)), x)
+    sampler.y_shift, sampler.y_scale = 4.0, 3.0
+    folded = stacked_forward(sampler.target, sampler.sample(3, generator=torch.Generator().manual_seed(0)), x)
+    torch.testing.assert_close(folded[..., 0], 4.0 + 3.0 * plain[..., 0])
+    torch.testing.assert_close(folded[..., 1], plain[..., 1] + 2 * math.log(3.0))
+
+
+def test_user_errors() -> None:
+    with pytest.raises(UserError, match="conv_noise"):
+        MNF(nn.Sequential(nn.Linear(2, 2)), MNFConfig(conv_noise="outputs"))
+    with pytest.raises(UserError, match="batch_size"):
+        MNF(nn.Sequential(nn.Linear(2, 2)), MNF.make_config({"batch_size": "0"}))
+    with pytest.raises(UserError, match="max_std"):
+        MNF(nn.Sequential(nn.Linear(2, 2)), MNFConfig(max_std=0.0))
+    data = tiny_benchmark("regression")
+    squashed = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1), nn.Tanh())
+    with pytest.raises(UserError, match="standardize_targets"):
+        MNF(squashed, MNFConfig(steps=1), task=data.task).fit(data.train, seed=0)
+    MNF(squashed, MNFConfig(steps=1, standardize_targets=False), task=data.task).fit(data.train, seed=0)
