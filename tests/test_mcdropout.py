@@ -15,12 +15,8 @@ from uqbench.errors import UserError
 from uqbench.functional import stacked_forward
 from uqbench.sampler import Task
 from uqbench.targets import toy1d_mlp
-from uqbench.testing import check_sampler_contract, make_tiny_sampler, tiny_benchmark
+from uqbench.testing import make_tiny_sampler, tiny_benchmark
 from uqbench.training import as_tensors
-
-
-def test_contract() -> None:
-    check_sampler_contract(MCDropout)
 
 
 def conv_then_linear() -> nn.Sequential:

