@@ -13,6 +13,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+from uqbench import fast_forward
+
 #: Default budget for the activations of one batched forward pass (bytes).
 DEFAULT_MEMORY_BUDGET = 1 << 30
 
@@ -20,8 +22,12 @@ DEFAULT_MEMORY_BUDGET = 1 << 30
 def stacked_forward(target: nn.Module, weights: dict[str, Tensor], x: Tensor) -> Tensor:
     """Outputs ``[n, B, ...]`` of the n networks in ``weights`` on the same inputs ``x [B, ...]``.
 
-    Differentiable in ``weights`` (used for training HyperGAN, ensembles, dropout).
+    Differentiable in ``weights`` (used for training HyperGAN, ensembles, dropout). Without
+    autograd, supported Sequential targets on CPU take the exact faster path of
+    :mod:`uqbench.fast_forward` (one GEMM for the shared first layer, grouped convolutions).
     """
+    if not torch.is_grad_enabled() and fast_forward.preferred(target, weights, x):
+        return fast_forward.fast_stacked_forward(target, weights, x)
     buffers = dict(target.named_buffers())
 
     def one(params: dict[str, Tensor], inputs: Tensor) -> Tensor:
