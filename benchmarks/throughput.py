@@ -18,9 +18,9 @@ one JSON object on the last line). In one process it measures:
   mixer -> generators -> the generated networks' forward -> backward -> Adam with the
   paper's settings; the discriminator update is left out) versus that many independent
   small CNNs taking one Adam step each, one after another. The step runs as
-  ``uqbench.hypergan`` runs it today (``stacked_forward`` = vmap under autograd, Adam's
-  default foreach kernel), with the fast path, and with the fast path and
-  ``Adam(fused=True)``. Also the stacked networks trained directly (one Adam over
+  ``uqbench.hypergan`` runs it today (``stacked_forward`` = vmap under autograd,
+  ``Adam(fused=True)``), with Adam's default foreach kernel instead, and through the fast
+  path with either kernel. Also the stacked networks trained directly (one Adam over
   ``[n, ...]`` weights), with vmap and with the fast path. Median of ``--reps`` steps
   after two warm-up steps. ``train_speedup_vs_loop`` is loop / today's HyperGAN step;
   ``train_speedup_vs_loop_fast`` uses the fast, fused step.
@@ -398,7 +398,8 @@ def bench_train(args: argparse.Namespace, device: torch.device, results: dict[st
 
     fast = fast_forward.fast_stacked_forward
     for key, forward, fused in (
-        ("hypergan_step", stacked_forward, False),  # what uqbench.hypergan does today
+        ("hypergan_step_foreach", stacked_forward, False),  # before Adam was fused
+        ("hypergan_step", stacked_forward, True),  # what uqbench.hypergan does today
         ("hypergan_step_fast", fast, False),
         ("hypergan_step_fast_fused", fast, True),
     ):
@@ -514,8 +515,9 @@ def table(r: dict[str, Any]) -> str:
     if "train_loop_ms" in r:
         size = f"{r['train_nets']} nets x {r['train_batch']} img"
         for key, label in (
-            ("hypergan_step", "HyperGAN step (vmap)"),
-            ("hypergan_step_fast", "HyperGAN step (fast path)"),
+            ("hypergan_step_foreach", "HyperGAN step (vmap, foreach Adam)"),
+            ("hypergan_step", "HyperGAN step (vmap, fused Adam)"),
+            ("hypergan_step_fast", "HyperGAN step (fast path, foreach Adam)"),
             ("hypergan_step_fast_fused", "HyperGAN step (fast path, fused Adam)"),
             ("train_stacked_vmap", "stacked nets, 1 Adam step (vmap)"),
             ("train_stacked_fast", "stacked nets, 1 Adam step (fast)"),
