@@ -305,6 +305,10 @@ class APD(WeightSampler):
         self._teacher()
         return APDTeacher(self)
 
+    def reference_views(self) -> dict[str, WeightSampler]:
+        """The teacher, so every comparison shows an ``apd:teacher`` row beside ``apd``."""
+        return {"teacher": self.teacher_view()}
+
     def state_dict(self) -> dict:
         """Generator weights, standardisation (m, s), the teacher's buffer, the config."""
         mean, scale = self._fitted()

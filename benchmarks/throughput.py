@@ -75,7 +75,7 @@ from torch.utils.data import TensorDataset
 from uqbench import fast_forward
 from uqbench.functional import batched_predict, fan_in, stacked_forward
 from uqbench.sampler import Task
-from uqbench.targets import small_cnn
+from uqbench.targets import leaf_outputs, small_cnn
 from uqbench.training import task_loss
 
 #: Config overrides that make ``fit`` as short as each method allows (sampling cost
@@ -206,22 +206,12 @@ def measure(fn: Callable[[], object], device: torch.device, *, reps: int = 1, wa
 def forward_flops(target: nn.Module, example: Tensor) -> int:
     """FLOPs of one forward pass of one network on one example: 2 x MACs of Conv2d/Linear."""
     total = 0
-
-    def hook(module: nn.Module, _inputs: tuple, output: Tensor) -> None:
-        nonlocal total
+    for module, output in leaf_outputs(target, example):
         if isinstance(module, nn.Conv2d):
             per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
             total += 2 * output[0].numel() * per_output
         elif isinstance(module, nn.Linear):
             total += 2 * module.in_features * module.out_features * (output[0].numel() // module.out_features)
-
-    handles = [m.register_forward_hook(hook) for m in target.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
-    try:
-        with torch.no_grad():
-            target(example[:1])
-    finally:
-        for h in handles:
-            h.remove()
     return total
 
 

@@ -13,7 +13,9 @@ Metric names (values as fractions, entropies in nats):
 - regression: ``rmse``, ``gnll``, ``std_in``, ``std_out``;
 - always: ``n_samples`` (n actually drawn; capped at ``sampler.max_samples``),
   ``diversity_l2_rel_std``, ``sample_eval_s`` (wall time to draw the n weight sets and
-  run them on test + OOD), and whatever the sampler puts in ``extra_metrics``.
+  run them on test + OOD), and whatever the sampler puts in ``extra_metrics``;
+- every metric of each of ``sampler.reference_views()`` (e.g. APD's teacher), scored the
+  same way with the same seed, as ``<view>:<metric>`` (:func:`split_view_metric`).
 
 See :mod:`uqbench.evaluation.metrics` and :mod:`uqbench.evaluation.regression` for
 each metric's definition.
@@ -36,6 +38,9 @@ from uqbench.evaluation import regression as R
 from uqbench.functional import DEFAULT_MEMORY_BUDGET, batched_predict
 from uqbench.sampler import WeightSampler
 from uqbench.training import as_tensors
+
+#: Joins a reference view's name and its metric (``teacher:acc``).
+VIEW_SEPARATOR = ":"
 
 #: The ``acc@k`` rows of the paper's Table 2.
 ACC_AT_K = (1, 5, 10, 100)
@@ -131,7 +136,18 @@ def evaluate(
     result.metrics["n_samples"] = float(n)
     result.metrics["sample_eval_s"] = elapsed
     result.metrics.update({k: float(v) for k, v in sampler.extra_metrics.items()})
+    for name, view in sampler.reference_views().items():
+        scored = evaluate(view, data, n_samples=n_samples, seed=seed, memory_budget=memory_budget)
+        result.metrics.update(
+            {f"{name}{VIEW_SEPARATOR}{k}": v for k, v in scored.metrics.items() if k not in sampler.extra_metrics}
+        )
     return result
+
+
+def split_view_metric(metric: str) -> tuple[str | None, str]:
+    """``"teacher:acc"`` -> ``("teacher", "acc")``; a sampler's own metric -> ``(None, metric)``."""
+    view, sep, rest = metric.partition(VIEW_SEPARATOR)
+    return (view, rest) if sep else (None, metric)
 
 
 def _classification(

@@ -123,6 +123,7 @@ def test_teacher_sample_teacher_view_and_user_errors() -> None:
         sampler.teacher_sample(kept + 1)
     view = sampler.teacher_view()
     assert view.max_samples == kept
+    assert isinstance(sampler.reference_views()["teacher"], type(view))  # the apd:teacher row
     assert set(view.sample(3)) == {k for k, _ in sampler.target.named_parameters()}
     with pytest.raises(UserError, match=f"holds only {kept}"):
         view.sample(kept + 1)

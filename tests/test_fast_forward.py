@@ -126,6 +126,17 @@ def test_gradients_equal_vmap(name: str) -> None:
         torch.testing.assert_close(grads[1][key], grads[0][key], rtol=1e-4, atol=1e-5 * max(scale, 1e-3))
 
 
+def test_stacked_forward_takes_the_fast_path_under_autograd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HyperGAN trains through stacked_forward: its gradients come from the fast path."""
+    target, weights, x = case("small_cnn")
+    calls = []
+    real = fast_forward.fast_stacked_forward
+    monkeypatch.setattr(fast_forward, "fast_stacked_forward", lambda *a: calls.append(1) or real(*a))
+    leaves = {k: v.clone().requires_grad_() for k, v in weights.items()}
+    stacked_forward(target, leaves, x).sum().backward()
+    assert calls and all(v.grad is not None for v in leaves.values())
+
+
 def test_small_cnn_matches_a_plain_loop_in_float64() -> None:
     """Against the definition: each network on its own, as an nn.Module, in double precision."""
     target, weights, x = case("small_cnn")

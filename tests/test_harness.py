@@ -166,6 +166,37 @@ def test_n_is_capped_at_max_samples() -> None:
     assert "acc@1" in m and "acc@5" in m and "acc@10" not in m and "acc@100" not in m
 
 
+class WithReference(NoisySampler):
+    """A sampler whose fit also yields a reference sampler (like APD's teacher)."""
+
+    def reference_views(self) -> dict[str, WeightSampler]:
+        return {"sharp": self.sharp}
+
+
+def test_reference_views_are_scored_like_the_sampler_and_become_their_own_rows() -> None:
+    from uqbench.outputs import long_table
+    from uqbench.store import CellRecord
+
+    data = classification_data()
+    sampler = fitted(data)
+    with_view = WithReference(sampler.target, task=data.task)
+    with_view.fit(data.train, seed=0)
+    with_view.extra_metrics = {"fit_note": 1.0}
+    with_view.sharp = fitted(data)
+    with_view.sharp.config.scale = 0.1
+    with_view.sharp.max_samples = 3
+    metrics = evaluate(with_view, data, n_samples=4, seed=0).metrics
+    alone = evaluate(with_view.sharp, data, n_samples=3, seed=0).metrics
+    assert metrics["sharp:n_samples"] == 3  # capped by the view's own max_samples
+    for key in ("acc", "nll", "auroc/far/entropy", "acc@1"):
+        assert metrics[f"sharp:{key}"] == alone[key]
+    assert "sharp:fit_note" not in metrics  # the sampler's own extras are not repeated
+    record = CellRecord("noisy", "tiny", 0, "h", metrics, {}, None, None, [])
+    df = long_table([record])
+    assert set(df["method"]) == {"noisy", "noisy:sharp"}
+    assert df.query("method == 'noisy:sharp' and metric == 'acc'")["value"].item() == alone["acc"]
+
+
 @pytest.mark.parametrize("bad", [0, -3, 2.5, True])
 def test_bad_sample_count_is_a_user_error(bad) -> None:
     data = classification_data()

@@ -33,9 +33,8 @@ kernels, by keeping all n networks in one tensor:
 Everything else (buffers such as batch-norm statistics, dropout, ``padding_mode`` other than
 zeros, pooling after Flatten, 3-D inputs ...) is not supported: :func:`supports` says so
 and the caller falls back to ``vmap``. Gradients flow through this path too (tested
-against ``vmap``), but :func:`uqbench.functional.stacked_forward` takes it only without
-autograd, and only on the device types in ``FAST_DEVICES`` (where it was measured: the
-CPU). Measured effects of each step are in ``results/performance.md``.
+against ``vmap``); :func:`uqbench.functional.stacked_forward` takes it, with or without
+autograd, on the device types in ``FAST_DEVICES`` (where it was measured: the CPU). Measured effects of each step are in ``results/performance.md``.
 """
 
 from __future__ import annotations
@@ -48,6 +47,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from uqbench.targets import leaf_outputs
 
 #: Element-wise modules applied as they are, in any layout.
 ELEMENTWISE: tuple[type[nn.Module], ...] = (
@@ -215,19 +216,8 @@ def _widest_activation(target: nn.Module, x: Tensor) -> int:
     cache = _WIDEST.setdefault(target, {})
     key = tuple(x.shape[1:])
     if key not in cache:
-        widest = x[:1].numel()
-
-        def hook(_module: nn.Module, _inputs: tuple, output: Tensor) -> None:
-            nonlocal widest
-            widest = max(widest, output.numel())
-
-        handles = [m.register_forward_hook(hook) for _, m in _leaves(target)]
-        try:
-            with torch.no_grad():
-                target(x[:1])
-        finally:
-            for h in handles:
-                h.remove()
+        outputs = leaf_outputs(target, x)
+        widest = max([x[:1].numel(), *(out.numel() for _, out in outputs)])
         cache[key] = widest
     return cache[key]
 

@@ -84,12 +84,18 @@ def load_arrays(out_dir: Path, record: CellRecord) -> dict[str, np.ndarray]:
 
 
 def long_table(records: list[CellRecord]) -> pd.DataFrame:
-    """Long format: one row per (method, benchmark, seed, metric)."""
-    rows = [
-        {"method": r.method, "benchmark": r.benchmark, "seed": r.seed, "metric": k, "value": v}
-        for r in records
-        for k, v in r.metrics.items()
-    ]
+    """Long format: one row per (method, benchmark, seed, metric).
+
+    A reference view's metrics (``teacher:acc``) become rows of method ``apd:teacher``.
+    """
+    from uqbench.evaluation.harness import split_view_metric
+
+    rows = []
+    for r in records:
+        for key, value in r.metrics.items():
+            view, metric = split_view_metric(key)
+            method = r.method if view is None else f"{r.method}:{view}"
+            rows.append({"method": method, "benchmark": r.benchmark, "seed": r.seed, "metric": metric, "value": value})
     return pd.DataFrame(rows, columns=["method", "benchmark", "seed", "metric", "value"])
 
 

@@ -89,6 +89,15 @@ class WeightSampler(ABC):
     def load_state_dict(self, state: dict) -> None:
         """Restore what ``state_dict`` returned."""
 
+    def reference_views(self) -> dict[str, WeightSampler]:
+        """Other samplers this fit produced, scored beside it by the same harness.
+
+        Each becomes its own table row, ``<method>:<name>`` (APD: ``apd:teacher``, the SGLD
+        samples it distilled), so a reader sees what the method gained or lost against
+        it. Default: none.
+        """
+        return {}
+
     # --- shared helpers -------------------------------------------------------------
     def check_n(self, n: int) -> None:
         """Raise a UserError when ``n`` is not a number of networks this sampler can draw."""

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
 from uqbench.errors import UserError
 
@@ -82,3 +83,26 @@ def parametric_layers(target: nn.Module) -> list[tuple[str, nn.Linear | nn.Conv2
             "uqbench samples only Linear and Conv2d weights — remove or freeze those layers"
         )
     return layers
+
+
+def leaf_outputs(target: nn.Module, example: Tensor) -> list[tuple[nn.Module, Tensor]]:
+    """(module, output) of every leaf module, in call order, for one network on ``example[:1]``.
+
+    One forward pass with hooks, no autograd; the shared basis of chunk sizing, cache
+    blocking and the benchmarks' FLOP count.
+    """
+    seen: list[tuple[nn.Module, Tensor]] = []
+
+    def hook(module: nn.Module, _inputs: tuple, output: Tensor) -> None:
+        if isinstance(output, Tensor):
+            seen.append((module, output))
+
+    leaves = [m for m in target.modules() if not list(m.children())]
+    handles = [m.register_forward_hook(hook) for m in leaves]
+    try:
+        with torch.no_grad():
+            target(example[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
