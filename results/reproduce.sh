@@ -15,18 +15,21 @@ keep() {  # copy the shareable outputs of runs/$1 into results/$1
 what=${1:-all}
 
 if [[ $what == all || $what == mnist5000 ]]; then
-    $uq compare --benchmark mnist5000 --methods hypergan,ensemble,mcdropout,mnf,apd \
+    # The baselines and HyperGAN's two ablations (no discriminator, no mixer) in one store:
+    # every method with seed 0, then seeds 1 and 2 for HyperGAN, its ablations, the
+    # ensemble and MC dropout (the second command resumes: seed-0 cells are skipped).
+    $uq compare --benchmark mnist5000 \
+        --methods hypergan,hypergan-nodisc,hypergan-nomixer,ensemble,mcdropout,mnf,apd \
         --seeds 0 --samples 100 --device cpu --out runs/mnist5000
+    $uq compare --benchmark mnist5000 \
+        --methods hypergan,hypergan-nodisc,hypergan-nomixer,ensemble,mcdropout \
+        --seeds 0,1,2 --samples 100 --device cpu --out runs/mnist5000
+    $uq report runs/mnist5000  # the table of every cell in the store
     keep mnist5000
-fi
-if [[ $what == all || $what == ablation ]]; then
-    $uq compare --benchmark mnist5000 --methods hypergan,hypergan-nodisc,hypergan-nomixer \
-        --seeds 0 --samples 100 --device cpu --out runs/mnist5000-ablation
-    keep mnist5000-ablation
 fi
 if [[ $what == all || $what == toy1d ]]; then
     $uq compare --benchmark toy1d --methods hypergan,ensemble,mcdropout,mnf,apd \
-        --seeds 0,1,2 --samples 100 --device cpu --out runs/toy1d
+        --seeds 0 --samples 100 --device cpu --out runs/toy1d
     keep toy1d
 fi
 if [[ $what == all || $what == default ]]; then

@@ -75,6 +75,23 @@ def test_rerun_skips_finished_cells_and_report_rebuilds(toy_run, capsys):
     pd.testing.assert_frame_equal(before, after)
 
 
+def test_report_all_covers_every_command_into_one_store(toy_run, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(toy_run, out)
+    args = ["compare", "--methods", "ensemble", "--benchmark", "toy1d", "--samples", "3", "--out", str(out),
+            "--device", "cpu", *FAST_ENSEMBLE]
+    assert main([*args, "--seeds", "2"]) == 0
+    assert set(pd.read_csv(out / "table.csv").seed) == {2}  # the last command's cells
+    assert main(["report", str(out), "--all"]) == 0
+    assert set(pd.read_csv(out / "table.csv").seed) == {0, 1, 2}
+    assert main([*args, "--seeds", "0", "--set", "ensemble.members=2"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(out), "--all"]) == 2  # two configs of seed 0 would be pooled
+    assert "two configs of ensemble seed 0" in capsys.readouterr().err
+
+
 def test_evaluate_checkpoint_rescores_without_training(toy_run, capsys):
     ckpt = sorted((toy_run / "checkpoints").glob("*-s0-*.pt"))[0]
     assert main(["evaluate", str(ckpt), "--samples", "3", "--device", "cpu"]) == 0

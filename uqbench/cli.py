@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="re-render tables and figures from a results folder")
     report.add_argument("dir")
+    report.add_argument(
+        "--all", action="store_true", dest="all_cells",
+        help="every finished cell in the store, not only those of the last compare command",
+    )
 
     evaluate = sub.add_parser("evaluate", help="re-score a saved checkpoint without retraining")
     evaluate.add_argument("checkpoint")
@@ -80,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "report":
             from uqbench.compare import report
 
-            report(Path(args.dir))
+            report(Path(args.dir), all_cells=args.all_cells)
         elif args.command == "evaluate":
             from uqbench.compare import evaluate_checkpoint
 

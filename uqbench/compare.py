@@ -133,8 +133,13 @@ def _records_for(store: ResultsStore, specs: list[CellSpec]):
     return [r for r in store.records() if (r.method, r.benchmark, r.seed, r.config_hash) in wanted]
 
 
-def report(out_dir: Path) -> None:
-    """Re-render table.md, table.csv and figures from a results folder's store."""
+def report(out_dir: Path, *, all_cells: bool = False) -> None:
+    """Re-render table.md, table.csv and figures from a results folder's store.
+
+    By default the cells of the last ``compare`` into ``out_dir`` (its config.json);
+    ``all_cells``: every finished cell, e.g. after commands with different seeds or methods
+    (refused when the store holds two configs of one method and seed: they would be pooled).
+    """
     config = read_config(out_dir)
     store_path = out_dir / STORE_NAME
     if not store_path.exists():
@@ -142,7 +147,15 @@ def report(out_dir: Path) -> None:
     with ResultsStore(store_path) as store:
         records = store.records()
     stems = set(config.get("cells", []))
-    chosen = [r for r in records if f"{r.method}-{r.benchmark}-s{r.seed}-{r.config_hash}" in stems] or records
+    chosen = records if all_cells else [r for r in records if f"{r.method}-{r.benchmark}-s{r.seed}-{r.config_hash}" in stems] or records
+    seen: dict[tuple[str, str, int], str] = {}
+    for r in chosen:
+        other = seen.setdefault((r.method, r.benchmark, r.seed), r.config_hash)
+        if other != r.config_hash:
+            raise UserError(
+                f"{store_path} holds two configs of {r.method} seed {r.seed} ({other}, {r.config_hash}); "
+                "drop --all, or report them from separate --out folders"
+            )
     if not chosen:
         raise UserError(f"{store_path} holds no finished cell yet")
     print(render(out_dir, chosen, config.get("task", "classification")))
