@@ -489,7 +489,6 @@ class APDTeacher(WeightSampler):
         super().__init__(apd.target, apd.config, task=apd.task, device=apd.device)
         self.apd = apd
         self.max_samples = int(apd._teacher().shape[0] * apd._teacher().shape[1])
-        self.extra_metrics = dict(apd.extra_metrics)
 
     def fit(self, train: Dataset, *, seed: int, progress: Progress | None = None) -> None:
         raise UserError("apd-teacher is a view of a fitted APD; fit the APD instead")

@@ -74,7 +74,9 @@ from torch.func import functional_call
 from torch.utils.data import TensorDataset
 
 from uqbench import fast_forward
+from uqbench.environment import machine as machine_info
 from uqbench.functional import batched_predict, fan_in, stacked_forward
+from uqbench.measure import memory_mb, peak_memory_mb, reset_peak_memory, synchronize
 from uqbench.sampler import Task
 from uqbench.targets import leaf_outputs, small_cnn
 from uqbench.training import task_loss
@@ -92,11 +94,6 @@ BUILT_IN_METHODS = tuple(FIT_OVERRIDES)
 
 
 # --- measuring ------------------------------------------------------------------------
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _mallopt(mmap_threshold: int, trim_threshold: int, *, trim_now: bool = False) -> bool:
     """Set glibc's mmap and trim thresholds (bytes), and give free heap memory back to the
     OS now if ``trim_now``; False where that is not possible."""
@@ -136,14 +133,6 @@ def _freed_memory_returned_to_the_os(device: torch.device) -> Iterator[None]:
         _mallopt(32 << 20, 64 << 20)
 
 
-def _rss_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
 @dataclasses.dataclass
 class Measured:
     """Wall times (seconds) of the repetitions and the peak memory they added (MB)."""
@@ -163,23 +152,12 @@ class Measured:
 @contextlib.contextmanager
 def _peak_memory(device: torch.device, into: dict[str, float]) -> Iterator[None]:
     """Put the peak memory (MB) the block adds over what was in use before into ``into["mb"]``."""
-    if device.type == "cuda":
-        _sync(device)
-        before = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        yield
-        _sync(device)
-        into["mb"] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
-        return
-    before = _rss_kb("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # reset VmHWM to the current RSS
-        resettable = True
-    except OSError:
-        resettable = False
+    synchronize(device)
+    before = memory_mb(device)
+    resettable = reset_peak_memory(device)
     yield
-    into["mb"] = (_rss_kb("VmHWM") - before) / 1024 if resettable else math.nan
+    synchronize(device)
+    into["mb"] = peak_memory_mb(device) - before if resettable else math.nan
 
 
 #: The clock of every measurement: wall time, or (``--clock cpu``) the process's CPU time.
@@ -191,12 +169,12 @@ def measure(fn: Callable[[], object], device: torch.device, *, reps: int = 1, wa
     its peak memory."""
     for _ in range(warmup):
         fn()
-    _sync(device)
+    synchronize(device)
     seconds = []
     for _ in range(reps):
         start = _clock()
         fn()
-        _sync(device)
+        synchronize(device)
         seconds.append(_clock() - start)
     peak: dict[str, float] = {}
     with _freed_memory_returned_to_the_os(device), _peak_memory(device, peak):
@@ -452,18 +430,13 @@ def bench_sampling(args: argparse.Namespace, device: torch.device, results: dict
 # --- reporting ------------------------------------------------------------------------
 def machine(device: torch.device) -> dict[str, Any]:
     """Device, CPU model, cores, threads, load average and versions."""
-    cpu = platform.processor() or "?"
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    host = machine_info()
     info = {
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "threads": torch.get_num_threads(),
+        "cpu": host["cpu"],
+        "cores": host["cores"],
+        "threads": host["torch_threads"],
         "torch": torch.__version__,
         "python": platform.python_version(),
     }

@@ -36,6 +36,7 @@ from uqbench.errors import UserError
 from uqbench.evaluation import metrics as M
 from uqbench.evaluation import regression as R
 from uqbench.functional import DEFAULT_MEMORY_BUDGET, batched_predict
+from uqbench.measure import synchronize
 from uqbench.sampler import WeightSampler
 from uqbench.training import as_tensors
 
@@ -79,11 +80,6 @@ def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
         return {k: npz[k] for k in npz.files}
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 @torch.no_grad()
 def evaluate(
     sampler: WeightSampler,
@@ -124,7 +120,7 @@ def evaluate(
         ood_log_probs = {name: predict(x) for name, x in data.ood.items()}
     else:
         test_outputs = batched_predict(target, weights, x_test, memory_budget=memory_budget).cpu()
-    _sync(device)
+    synchronize(device)
     elapsed = time.perf_counter() - start
 
     result = Evaluation()
@@ -138,9 +134,7 @@ def evaluate(
     result.metrics.update({k: float(v) for k, v in sampler.extra_metrics.items()})
     for name, view in sampler.reference_views().items():
         scored = evaluate(view, data, n_samples=n_samples, seed=seed, memory_budget=memory_budget)
-        result.metrics.update(
-            {f"{name}{VIEW_SEPARATOR}{k}": v for k, v in scored.metrics.items() if k not in sampler.extra_metrics}
-        )
+        result.metrics.update({f"{name}{VIEW_SEPARATOR}{k}": v for k, v in scored.metrics.items()})
     return result
 
 

@@ -9,11 +9,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import resource
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +19,7 @@ import torch
 
 from uqbench.data.benchmark import BenchmarkData
 from uqbench.functional import DEFAULT_MEMORY_BUDGET
+from uqbench.measure import peak_memory_mb, reset_peak_memory
 from uqbench.registry import load_method
 from uqbench.sampler import Progress, WeightSampler
 
@@ -98,7 +97,7 @@ def run_cell(spec: CellSpec, progress: Progress | None = None) -> CellOutcome:
     from uqbench.evaluation.harness import evaluate
 
     data = cached_benchmark(spec.benchmark, spec.data_root, spec.extra_ood)
-    _reset_peak_memory(spec.device)
+    reset_peak_memory(spec.device)
     sampler = build_sampler(spec, data)
     start = time.perf_counter()
     sampler.fit(data.train, seed=spec.seed, progress=progress)
@@ -109,7 +108,7 @@ def run_cell(spec: CellSpec, progress: Progress | None = None) -> CellOutcome:
     metrics = dict(evaluation.metrics)
     metrics["fit_s"] = fit_s
     metrics["params"] = float(sampler.num_stored_parameters())
-    metrics["peak_mb"] = _peak_memory_mb(spec.device)
+    metrics["peak_mb"] = peak_memory_mb(spec.device)
     return CellOutcome(
         spec=spec,
         metrics=metrics,
@@ -124,26 +123,3 @@ def spec_as_dict(spec: CellSpec) -> dict[str, Any]:
     out = dataclasses.asdict(spec)
     out["extra_ood"] = [list(p) for p in spec.extra_ood]
     return out
-
-
-def _reset_peak_memory(device: str) -> None:
-    if device.startswith("cuda") and torch.cuda.is_available():
-        torch.cuda.reset_peak_memory_stats()
-    clear_refs = Path("/proc/self/clear_refs")
-    if clear_refs.exists():
-        try:
-            clear_refs.write_text("5")  # resets VmHWM, the peak resident set size
-        except OSError:
-            pass
-
-
-def _peak_memory_mb(device: str) -> float:
-    """Peak host resident memory of this process since the reset (MiB); GPU peak if on CUDA."""
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2**20
-    status = Path("/proc/self/status")
-    if status.exists():
-        for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
