@@ -144,20 +144,49 @@ class APD(WeightSampler):
     Config: ClassVar[type] = APDConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {
-            "chains": 2, "steps": 200, "burn_in": 60, "thin": 10, "batch_size": 32,
-            "step_size": 5e-4, "buffer_size": 16, "gen_hidden": 32, "critic_hidden": 32,
-            "noise_dim": 8, "gan_batch": 16, "gan_every": 4, "final_gan_iters": 30,
-            "gen_lr": 1e-3, "critic_lr": 1e-3, "holdout": 30,
+            "chains": 2,
+            "steps": 200,
+            "burn_in": 60,
+            "thin": 10,
+            "batch_size": 32,
+            "step_size": 5e-4,
+            "buffer_size": 16,
+            "gen_hidden": 32,
+            "critic_hidden": 32,
+            "noise_dim": 8,
+            "gan_batch": 16,
+            "gan_every": 4,
+            "final_gan_iters": 30,
+            "gen_lr": 1e-3,
+            "critic_lr": 1e-3,
+            "holdout": 30,
         },
         "toy1d": {
-            "chains": 8, "steps": 4000, "burn_in": 1000, "thin": 25, "buffer_size": 50,
-            "step_size": 0.01, "batch_size": 20, "noise_dim": 16, "gen_hidden": 128,
-            "critic_hidden": 64, "gen_lr": 1e-4, "critic_lr": 1e-4, "gan_every": 4,
+            "chains": 8,
+            "steps": 4000,
+            "burn_in": 1000,
+            "thin": 25,
+            "buffer_size": 50,
+            "step_size": 0.01,
+            "batch_size": 20,
+            "noise_dim": 16,
+            "gen_hidden": 128,
+            "critic_hidden": 64,
+            "gen_lr": 1e-4,
+            "critic_lr": 1e-4,
+            "gan_every": 4,
             "final_gan_iters": 500,
         },
         "mnist5k-split": {
-            "chains": 2, "steps": 360, "burn_in": 200, "thin": 10, "buffer_size": 20,
-            "gen_lr": 1e-3, "critic_lr": 1e-3, "gan_every": 4, "final_gan_iters": 40,
+            "chains": 2,
+            "steps": 360,
+            "burn_in": 200,
+            "thin": 10,
+            "buffer_size": 20,
+            "gen_lr": 1e-3,
+            "critic_lr": 1e-3,
+            "gan_every": 4,
+            "final_gan_iters": 40,
         },
         "mnist5000": {},  # the defaults
     }
@@ -182,7 +211,14 @@ class APD(WeightSampler):
         self.teacher: Tensor | None = None
 
     # --- the contract ------------------------------------------------------------------
-    def fit(self, train: Dataset, *, seed: int, progress: Progress | None = None) -> None:
+    def fit(
+        self,
+        train: Dataset,
+        *,
+        seed: int,
+        val: Dataset | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         """Run the SGLD teacher and train the student on its samples as they arrive.
 
         Minibatches are drawn afresh each step (without replacement within a batch),
@@ -207,7 +243,9 @@ class APD(WeightSampler):
         split = seeded_generator(seed + 1)
         x, y, x_val, y_val, held_out = _split(x_all, y_all, cfg.holdout, split)
         if len(x) < 1:
-            raise UserError(f"apd: the training set has {len(x)} examples after holdout={cfg.holdout}")
+            raise UserError(
+                f"apd: the training set has {len(x)} examples after holdout={cfg.holdout}"
+            )
         n_train = len(x)
         batch = min(cfg.batch_size, n_train)
         gen = seeded_generator(seed, self.device)  # SGLD noise and minibatches
@@ -284,7 +322,9 @@ class APD(WeightSampler):
             flat = mean[chain] + scale[chain] * self.generator(z, chain)
         return self._unflatten(flat)
 
-    def teacher_sample(self, n: int, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+    def teacher_sample(
+        self, n: int, *, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
         """``n`` of the teacher's kept SGLD samples (all chains pooled), without replacement.
 
         For scoring the teacher exactly like the student; ``n`` may be at most the number
@@ -342,7 +382,9 @@ class APD(WeightSampler):
         return sum(p.numel() for p in self.generator.parameters()) + mean.numel() + scale.numel()
 
     def _make_generator(self, cfg: APDConfig) -> Conditional:
-        return Conditional(cfg.noise_dim, cfg.chains, cfg.gen_hidden, self._dim, nn.ReLU()).to(self.device)
+        return Conditional(cfg.noise_dim, cfg.chains, cfg.gen_hidden, self._dim, nn.ReLU()).to(
+            self.device
+        )
 
     # --- teacher -----------------------------------------------------------------------
     def _initial_chains(self, chains: int, gen: torch.Generator) -> Tensor:
@@ -465,7 +507,9 @@ class APD(WeightSampler):
         """``[n, D]`` -> name -> ``[n, *shape]`` (views, in ``named_parameters`` order)."""
         sizes = [math.prod(s) for s in self._shapes.values()]
         pieces = flat.split(sizes, dim=1)
-        return {k: v.view(len(flat), *s) for (k, s), v in zip(self._shapes.items(), pieces, strict=True)}
+        return {
+            k: v.view(len(flat), *s) for (k, s), v in zip(self._shapes.items(), pieces, strict=True)
+        }
 
     def _fitted(self) -> tuple[Tensor, Tensor]:
         if self.mean is None or self.scale is None:
@@ -490,7 +534,14 @@ class APDTeacher(WeightSampler):
         self.apd = apd
         self.max_samples = int(apd._teacher().shape[0] * apd._teacher().shape[1])
 
-    def fit(self, train: Dataset, *, seed: int, progress: Progress | None = None) -> None:
+    def fit(
+        self,
+        train: Dataset,
+        *,
+        seed: int,
+        val: Dataset | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         raise UserError("apd-teacher is a view of a fitted APD; fit the APD instead")
 
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
@@ -529,12 +580,16 @@ class Conditional(nn.Module):
     """MLP on ``[x, one_hot(c)]``: inputs + classes -> hidden -> hidden -> outputs, with
     ``act`` between layers (the generator G(z, c) and the critic f(x, c))."""
 
-    def __init__(self, inputs: int, classes: int, hidden: int, outputs: int, act: nn.Module) -> None:
+    def __init__(
+        self, inputs: int, classes: int, hidden: int, outputs: int, act: nn.Module
+    ) -> None:
         super().__init__()
         self.classes = classes
         self.net = nn.Sequential(
-            nn.Linear(inputs + classes, hidden), act,
-            nn.Linear(hidden, hidden), act,
+            nn.Linear(inputs + classes, hidden),
+            act,
+            nn.Linear(hidden, hidden),
+            act,
             nn.Linear(hidden, outputs),
         )
 
@@ -557,8 +612,20 @@ def _split(
 
 
 def _check_config(cfg: APDConfig) -> None:
-    positive = ("chains", "steps", "thin", "buffer_size", "batch_size", "noise_dim", "gen_hidden",
-                "critic_hidden", "gan_batch", "critic_steps", "gan_every", "log_every")
+    positive = (
+        "chains",
+        "steps",
+        "thin",
+        "buffer_size",
+        "batch_size",
+        "noise_dim",
+        "gen_hidden",
+        "critic_hidden",
+        "gan_batch",
+        "critic_steps",
+        "gan_every",
+        "log_every",
+    )
     bad = [k for k in positive if getattr(cfg, k) < 1]
     if bad:
         raise UserError(f"apd: {', '.join(f'apd.{k}' for k in bad)} must be >= 1")

@@ -86,7 +86,14 @@ class DeepEnsemble(WeightSampler):
         self.max_samples = self.config.members
         self.members: dict[str, Tensor] | None = None
 
-    def fit(self, train: Dataset, *, seed: int, progress: Progress | None = None) -> None:
+    def fit(
+        self,
+        train: Dataset,
+        *,
+        seed: int,
+        val: Dataset | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         """Train all M members at once (see the module docstring)."""
         cfg = self.config
         torch.manual_seed(seed)

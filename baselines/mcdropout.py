@@ -153,7 +153,14 @@ class MCDropout(WeightSampler):
         return out
 
     # --- the contract -----------------------------------------------------------------
-    def fit(self, train: Dataset, *, seed: int, progress: Progress | None = None) -> None:
+    def fit(
+        self,
+        train: Dataset,
+        *,
+        seed: int,
+        val: Dataset | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         """Adam on the expected loss under dropout, K masks per step (module docstring)."""
         cfg = self.config
         self.p, self.masked = cfg.p, self._masked_from_config()

@@ -250,10 +250,22 @@ class MNF(WeightSampler):
     name = "mnf"
     Config = MNFConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"steps": 150, "batch_size": 50, "lr": 1e-2, "var_lr_scale": 1.0,
-                 "max_std": 0.5, "flow_hidden": 16},
-        "toy1d": {"steps": 3000, "batch_size": 20, "lr": 1e-2, "var_lr_scale": 1.0,
-                  "max_std": 0.5, "init_log_var": -6.0},
+        "tiny": {
+            "steps": 150,
+            "batch_size": 50,
+            "lr": 1e-2,
+            "var_lr_scale": 1.0,
+            "max_std": 0.5,
+            "flow_hidden": 16,
+        },
+        "toy1d": {
+            "steps": 3000,
+            "batch_size": 20,
+            "lr": 1e-2,
+            "var_lr_scale": 1.0,
+            "max_std": 0.5,
+            "init_log_var": -6.0,
+        },
         "mnist5k-split": {"steps": 300},
         "mnist5000": {"steps": 1000},
     }
@@ -269,7 +281,9 @@ class MNF(WeightSampler):
         super().__init__(target, config, task=task, device=device)
         cfg = self.config
         if cfg.conv_noise not in _CONV_NOISE:
-            raise UserError(f"mnf.conv_noise={cfg.conv_noise!r}: use one of {', '.join(_CONV_NOISE)}")
+            raise UserError(
+                f"mnf.conv_noise={cfg.conv_noise!r}: use one of {', '.join(_CONV_NOISE)}"
+            )
         for key in ("steps", "batch_size", "kl_samples", "flow_hidden"):
             if getattr(cfg, key) < 1:
                 raise UserError(f"mnf.{key}={getattr(cfg, key)}: use a whole number >= 1")
@@ -293,7 +307,9 @@ class MNF(WeightSampler):
     def _build_posterior(self) -> nn.ModuleDict:
         posterior = nn.ModuleDict()
         for name, layer in self._layers:
-            z_axis = 0 if isinstance(layer, nn.Conv2d) and self.config.conv_noise == "filters" else 1
+            z_axis = (
+                0 if isinstance(layer, nn.Conv2d) and self.config.conv_noise == "filters" else 1
+            )
             posterior[_key(name)] = _LayerPosterior(layer, z_axis, self.config)
         return posterior.to(self.device)
 
@@ -328,7 +344,14 @@ class MNF(WeightSampler):
             for handle in handles:
                 handle.remove()
 
-    def fit(self, train: Dataset, *, seed: int, progress: Progress | None = None) -> None:
+    def fit(
+        self,
+        train: Dataset,
+        *,
+        seed: int,
+        val: Dataset | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         """Maximise the MNF bound with Adam (see the module docstring)."""
         cfg = self.config
         torch.manual_seed(seed)
@@ -372,8 +395,14 @@ class MNF(WeightSampler):
             loss.backward()
             optimiser.step()
             if progress is not None and ((step + 1) % report_every == 0 or step + 1 == cfg.steps):
-                progress(step + 1, cfg.steps, loss=loss.item(), nll=nll.item(),
-                         kl=kl.item() / n_train, beta=beta)
+                progress(
+                    step + 1,
+                    cfg.steps,
+                    loss=loss.item(),
+                    nll=nll.item(),
+                    kl=kl.item() / n_train,
+                    beta=beta,
+                )
         with torch.no_grad():
             self.extra_metrics = {"mnf_kl_per_example": float(self.kl_bound(16)) / n_train}
 
@@ -409,8 +438,13 @@ class MNF(WeightSampler):
                 out = self.target(x)
         finally:
             handle.remove()
-        if not (isinstance(layer, nn.Linear) and layer.bias is not None and seen
-                and seen[-1].shape == out.shape and torch.equal(seen[-1], out)):
+        if not (
+            isinstance(layer, nn.Linear)
+            and layer.bias is not None
+            and seen
+            and seen[-1].shape == out.shape
+            and torch.equal(seen[-1], out)
+        ):
             raise UserError(
                 f"mnf: standardize_targets needs the target's output to come straight from its "
                 f"last layer ({name}) as a Linear with a bias; set mnf.standardize_targets=false"

@@ -19,7 +19,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
 timeout 150 python3 -m pytest -q -p no:cacheprovider -m device "$repo/tests/test_device.py" 2>&1 | tee "$OUT/device_tests.txt"
 start=$(date +%s)
-python3 -m uqbench.cli compare --methods hypergan,mcdropout --device cuda --out "$OUT/compare" \
+python3 -m uqbench.app.cli compare --methods hypergan,mcdropout --device cuda --out "$OUT/compare" \
     > "$OUT/compare.txt" 2>&1
 echo "compare wall: $(( $(date +%s) - start )) s" | tee -a "$OUT/compare.txt"
 tail -30 "$OUT/compare.txt"

@@ -88,7 +88,14 @@ FIT_OVERRIDES: dict[str, dict[str, Any]] = {
     "ensemble": {"epochs": 1},
     "mcdropout": {"epochs": 1},
     "mnf": {"steps": 1},
-    "apd": {"steps": 2, "burn_in": 0, "thin": 1, "final_gan_iters": 1, "holdout": 0, "gan_every": 1},
+    "apd": {
+        "steps": 2,
+        "burn_in": 0,
+        "thin": 1,
+        "final_gan_iters": 1,
+        "holdout": 0,
+        "gan_every": 1,
+    },
 }
 BUILT_IN_METHODS = tuple(FIT_OVERRIDES)
 
@@ -164,7 +171,9 @@ def _peak_memory(device: torch.device, into: dict[str, float]) -> Iterator[None]
 _clock: Callable[[], float] = time.perf_counter
 
 
-def measure(fn: Callable[[], object], device: torch.device, *, reps: int = 1, warmup: int = 0) -> Measured:
+def measure(
+    fn: Callable[[], object], device: torch.device, *, reps: int = 1, warmup: int = 0
+) -> Measured:
     """Run ``fn`` ``warmup`` times, then ``reps`` timed times, then once more, untimed, for
     its peak memory."""
     for _ in range(warmup):
@@ -190,7 +199,12 @@ def forward_flops(target: nn.Module, example: Tensor) -> int:
             per_output = module.in_channels // module.groups * math.prod(module.kernel_size)
             total += 2 * output[0].numel() * per_output
         elif isinstance(module, nn.Linear):
-            total += 2 * module.in_features * module.out_features * (output[0].numel() // module.out_features)
+            total += (
+                2
+                * module.in_features
+                * module.out_features
+                * (output[0].numel() // module.out_features)
+            )
     return total
 
 
@@ -204,7 +218,9 @@ def gemm_gflops(device: torch.device, size: int) -> float:
     return 2 * size**3 / m.best / 1e9
 
 
-def random_weights(target: nn.Module, n: int, device: torch.device, seed: int = 0) -> dict[str, Tensor]:
+def random_weights(
+    target: nn.Module, n: int, device: torch.device, seed: int = 0
+) -> dict[str, Tensor]:
     """n weight sets at the usual initialisation scale (weights N(0, 1/fan_in), biases 0.1 N(0, 1))."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     out = {}
@@ -214,7 +230,9 @@ def random_weights(target: nn.Module, n: int, device: torch.device, seed: int = 
     return out
 
 
-def loop_forward(target: nn.Module, weights: dict[str, Tensor], x: Tensor, chunk: int = 1000) -> Tensor:
+def loop_forward(
+    target: nn.Module, weights: dict[str, Tensor], x: Tensor, chunk: int = 1000
+) -> Tensor:
     """The baseline: one network at a time, ``chunk`` images per call, log-softmax outputs."""
     n = next(iter(weights.values())).shape[0]
     outs = []
@@ -250,7 +268,10 @@ def bench_eval(args: argparse.Namespace, device: torch.device, results: dict[str
     with fast_forward.fast_path(False):
         rows["eval_vmap"] = (measure(batched(x_vmap), device, reps=1), args.vmap_images)
     x_loop = x[: args.loop_images]
-    rows["eval_loop"] = (measure(lambda: loop_forward(target, weights, x_loop), device, reps=1), args.loop_images)
+    rows["eval_loop"] = (
+        measure(lambda: loop_forward(target, weights, x_loop), device, reps=1),
+        args.loop_images,
+    )
     for key, (m, images) in rows.items():
         results[f"{key}_s"] = m.best
         results[f"{key}_images"] = images
@@ -269,7 +290,9 @@ def vmap_only(target: nn.Module, weights: dict[str, Tensor], x: Tensor) -> Tenso
         return stacked_forward(target, weights, x)
 
 
-def bench_train_size_forward(args: argparse.Namespace, device: torch.device, results: dict[str, Any]) -> None:
+def bench_train_size_forward(
+    args: argparse.Namespace, device: torch.device, results: dict[str, Any]
+) -> None:
     """Forward only, no grad, at the training regime's sizes: batched (fast), vmap, loop."""
     target = small_cnn().to(device)
     g = torch.Generator(device="cpu").manual_seed(2)
@@ -288,7 +311,12 @@ def bench_train_size_forward(args: argparse.Namespace, device: torch.device, res
     def loop() -> Tensor:
         n = args.train_nets
         with torch.no_grad():
-            return torch.stack([functional_call(target, {k: v[i] for k, v in weights.items()}, (x,)) for i in range(n)])
+            return torch.stack(
+                [
+                    functional_call(target, {k: v[i] for k, v in weights.items()}, (x,))
+                    for i in range(n)
+                ]
+            )
 
     for key, fn in (("fwd_batched", fast), ("fwd_vmap", vmapped), ("fwd_loop", loop)):
         m = measure(fn, device, reps=args.reps, warmup=1)
@@ -300,7 +328,9 @@ def bench_train_size_forward(args: argparse.Namespace, device: torch.device, res
 
 def _training_data(n: int, device: torch.device, seed: int) -> tuple[Tensor, Tensor]:
     g = torch.Generator(device="cpu").manual_seed(seed)
-    return torch.rand(n, 1, 28, 28, generator=g).to(device), torch.randint(0, 10, (n,), generator=g).to(device)
+    return torch.rand(n, 1, 28, 28, generator=g).to(device), torch.randint(
+        0, 10, (n,), generator=g
+    ).to(device)
 
 
 def bench_train(args: argparse.Namespace, device: torch.device, results: dict[str, Any]) -> None:
@@ -323,7 +353,9 @@ def bench_train(args: argparse.Namespace, device: torch.device, results: dict[st
 
     # The same n networks as stacked weights [n, ...] under one Adam (what ensembles do).
     target = small_cnn().to(device)
-    leaves = {k: v.clone().requires_grad_() for k, v in random_weights(target, n, device, seed=4).items()}
+    leaves = {
+        k: v.clone().requires_grad_() for k, v in random_weights(target, n, device, seed=4).items()
+    }
     opt = torch.optim.Adam(leaves.values(), lr=1e-3)
 
     def stacked_step(forward: Callable[..., Tensor]) -> Callable[[], None]:
@@ -335,8 +367,16 @@ def bench_train(args: argparse.Namespace, device: torch.device, results: dict[st
 
         return step
 
-    _record(results, "train_stacked_vmap", measure(stacked_step(vmap_only), device, reps=args.reps, warmup=2))
-    _record(results, "train_stacked_fast", measure(stacked_step(fast_forward.fast_stacked_forward), device, reps=args.reps, warmup=2))
+    _record(
+        results,
+        "train_stacked_vmap",
+        measure(stacked_step(vmap_only), device, reps=args.reps, warmup=2),
+    )
+    _record(
+        results,
+        "train_stacked_fast",
+        measure(stacked_step(fast_forward.fast_stacked_forward), device, reps=args.reps, warmup=2),
+    )
 
     # One HyperGAN step with the paper's MNIST widths.
     try:
@@ -378,9 +418,15 @@ def bench_train(args: argparse.Namespace, device: torch.device, results: dict[st
         ("hypergan_step_fast_foreach", fast, False),
         ("hypergan_step", fast, True),  # what uqbench.hypergan does today on CPU
     ):
-        _record(results, key, measure(hypergan_step(forward, fused=fused), device, reps=args.reps, warmup=2))
+        _record(
+            results,
+            key,
+            measure(hypergan_step(forward, fused=fused), device, reps=args.reps, warmup=2),
+        )
     results["train_speedup_vs_loop"] = results["train_loop_ms"] / results["hypergan_step_ms"]
-    results["train_speedup_vs_loop_vmap"] = results["train_loop_ms"] / results["hypergan_step_vmap_ms"]
+    results["train_speedup_vs_loop_vmap"] = (
+        results["train_loop_ms"] / results["hypergan_step_vmap_ms"]
+    )
 
 
 def _record(results: dict[str, Any], key: str, m: Measured) -> None:
@@ -416,7 +462,9 @@ def bench_sampling(args: argparse.Namespace, device: torch.device, results: dict
             sampler.fit(train, seed=0)
             count = min(args.sample_n, sampler.max_samples or args.sample_n)
             g = torch.Generator(device="cpu").manual_seed(0)
-            m = measure(lambda s=sampler, c=count, g=g: s.sample(c, generator=g), device, reps=5, warmup=1)
+            m = measure(
+                lambda s=sampler, c=count, g=g: s.sample(c, generator=g), device, reps=5, warmup=1
+            )
         except Exception as exc:  # noqa: BLE001 - report the method as not available, go on
             results["sample_ms"][name] = None
             results["sample_errors"][name] = _reason(exc)
@@ -469,18 +517,42 @@ def table(r: dict[str, Any]) -> str:
 
     def row(label: str, key: str, seconds: float | None, gflops: float | None = None) -> None:
         frac = f"{100 * gflops / r['gemm_gflops']:.1f}" if gflops else ""
-        t = f"{seconds:.3f} s" if seconds is not None and seconds >= 1 else (
-            f"{1e3 * seconds:.1f} ms" if seconds is not None else "n/a")
-        lines.append(f"{label:<44}{t:>12}{_fmt(gflops):>10}{frac:>8}{_fmt(peak.get(key), '', 0):>10}")
+        t = (
+            f"{seconds:.3f} s"
+            if seconds is not None and seconds >= 1
+            else (f"{1e3 * seconds:.1f} ms" if seconds is not None else "n/a")
+        )
+        lines.append(
+            f"{label:<44}{t:>12}{_fmt(gflops):>10}{frac:>8}{_fmt(peak.get(key), '', 0):>10}"
+        )
 
     if "eval_batched_s" in r:
         n = r["nets"]
-        row(f"eval batched, {n} nets x {r['eval_batched_images']} img", "eval_batched", r["eval_batched_s"], r["eval_batched_gflops"])
-        row(f"eval vmap only, {n} nets x {r['eval_vmap_images']} img", "eval_vmap", r["eval_vmap_s"], r["eval_vmap_gflops"])
-        row(f"eval loop, {n} nets x {r['eval_loop_images']} img", "eval_loop", r["eval_loop_s"], r["eval_loop_gflops"])
+        row(
+            f"eval batched, {n} nets x {r['eval_batched_images']} img",
+            "eval_batched",
+            r["eval_batched_s"],
+            r["eval_batched_gflops"],
+        )
+        row(
+            f"eval vmap only, {n} nets x {r['eval_vmap_images']} img",
+            "eval_vmap",
+            r["eval_vmap_s"],
+            r["eval_vmap_gflops"],
+        )
+        row(
+            f"eval loop, {n} nets x {r['eval_loop_images']} img",
+            "eval_loop",
+            r["eval_loop_s"],
+            r["eval_loop_gflops"],
+        )
     if "fwd_batched_ms" in r:
         size = f"{r['train_nets']} nets x {r['train_batch']} img"
-        for key, label in (("fwd_batched", "forward batched"), ("fwd_vmap", "forward vmap only"), ("fwd_loop", "forward loop")):
+        for key, label in (
+            ("fwd_batched", "forward batched"),
+            ("fwd_vmap", "forward vmap only"),
+            ("fwd_loop", "forward loop"),
+        ):
             row(f"{label}, {size}", key, r[f"{key}_ms"] / 1e3, r[f"{key}_gflops"])
     if "train_loop_ms" in r:
         size = f"{r['train_nets']} nets x {r['train_batch']} img"
@@ -503,11 +575,36 @@ def table(r: dict[str, Any]) -> str:
             row(label, f"sample_{name}", ms / 1e3)
     lines += ["", "goals:"]
     goals = [
-        ("batched eval >= 25% of GEMM peak", r.get("eval_fraction_of_peak"), lambda v: v >= 0.25, "{:.1%}"),
-        ("batched forward >= 2x loop at training size", r.get("fwd_speedup_vs_loop"), lambda v: v >= 2, "{:.2f}x"),
-        ("HyperGAN step >= 2x independent-net loop", r.get("train_speedup_vs_loop"), lambda v: v >= 2, "{:.2f}x"),
-        ("  same, vmap + fused Adam", r.get("train_speedup_vs_loop_vmap"), lambda v: v >= 2, "{:.2f}x"),
-        ("HyperGAN draws 100 networks < 50 ms", r.get("hypergan_sample100_ms"), lambda v: v < 50, "{:.1f} ms"),
+        (
+            "batched eval >= 25% of GEMM peak",
+            r.get("eval_fraction_of_peak"),
+            lambda v: v >= 0.25,
+            "{:.1%}",
+        ),
+        (
+            "batched forward >= 2x loop at training size",
+            r.get("fwd_speedup_vs_loop"),
+            lambda v: v >= 2,
+            "{:.2f}x",
+        ),
+        (
+            "HyperGAN step >= 2x independent-net loop",
+            r.get("train_speedup_vs_loop"),
+            lambda v: v >= 2,
+            "{:.2f}x",
+        ),
+        (
+            "  same, vmap + fused Adam",
+            r.get("train_speedup_vs_loop_vmap"),
+            lambda v: v >= 2,
+            "{:.2f}x",
+        ),
+        (
+            "HyperGAN draws 100 networks < 50 ms",
+            r.get("hypergan_sample100_ms"),
+            lambda v: v < 50,
+            "{:.1f} ms",
+        ),
     ]
     for label, value, ok, fmt in goals:
         verdict = "n/a" if value is None else ("met" if ok(value) else "MISSED")
@@ -517,24 +614,56 @@ def table(r: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.throughput", description=__doc__.splitlines()[0])
-    p.add_argument("--json", action="store_true", help="print the results as one JSON object on the last line")
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks.throughput", description=__doc__.splitlines()[0]
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print the results as one JSON object on the last line"
+    )
     p.add_argument("--device", default="auto", help="auto (cuda when available), cpu or cuda")
     p.add_argument("--nets", type=int, default=100, help="sampled networks in the evaluation (100)")
-    p.add_argument("--images", type=int, default=10_000, help="images in the batched evaluation (10,000)")
-    p.add_argument("--loop-images", type=int, default=None, help="images for the per-network loop (default: --images)")
-    p.add_argument("--vmap-images", type=int, default=1000, help="images for the vmap-only evaluation (1,000)")
-    p.add_argument("--eval-reps", type=int, default=1, help="repetitions of the batched evaluation (best is kept)")
+    p.add_argument(
+        "--images", type=int, default=10_000, help="images in the batched evaluation (10,000)"
+    )
+    p.add_argument(
+        "--loop-images",
+        type=int,
+        default=None,
+        help="images for the per-network loop (default: --images)",
+    )
+    p.add_argument(
+        "--vmap-images", type=int, default=1000, help="images for the vmap-only evaluation (1,000)"
+    )
+    p.add_argument(
+        "--eval-reps",
+        type=int,
+        default=1,
+        help="repetitions of the batched evaluation (best is kept)",
+    )
     p.add_argument("--train-nets", type=int, default=32)
     p.add_argument("--train-batch", type=int, default=32)
-    p.add_argument("--reps", type=int, default=10, help="repetitions of the training-size measurements")
-    p.add_argument("--gemm-size", type=int, default=None, help="matmul size (2048 on CPU, 8192 on CUDA)")
+    p.add_argument(
+        "--reps", type=int, default=10, help="repetitions of the training-size measurements"
+    )
+    p.add_argument(
+        "--gemm-size", type=int, default=None, help="matmul size (2048 on CPU, 8192 on CUDA)"
+    )
     p.add_argument("--sample-n", type=int, default=100)
-    p.add_argument("--methods", default=",".join(BUILT_IN_METHODS), help="methods whose sampling is timed ('' for none)")
-    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                   help="wall: wall-clock time; cpu: this process's CPU time (CPU only; for a shared "
-                        "machine, with OMP_NUM_THREADS=1 it is the time one core spent)")
-    p.add_argument("--skip", default="", help="comma-separated parts to skip: eval,fwd,train,sample")
+    p.add_argument(
+        "--methods",
+        default=",".join(BUILT_IN_METHODS),
+        help="methods whose sampling is timed ('' for none)",
+    )
+    p.add_argument(
+        "--clock",
+        choices=("wall", "cpu"),
+        default="wall",
+        help="wall: wall-clock time; cpu: this process's CPU time (CPU only; for a shared "
+        "machine, with OMP_NUM_THREADS=1 it is the time one core spent)",
+    )
+    p.add_argument(
+        "--skip", default="", help="comma-separated parts to skip: eval,fwd,train,sample"
+    )
     args = p.parse_args(argv)
     args.loop_images = min(args.loop_images or args.images, args.images)
     args.vmap_images = min(args.vmap_images, args.images)
@@ -545,16 +674,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
+    device = torch.device(
+        "cuda"
+        if args.device == "auto" and torch.cuda.is_available()
+        else ("cpu" if args.device == "auto" else args.device)
+    )
     global _clock
-    _clock = time.process_time if args.clock == "cpu" and device.type == "cpu" else time.perf_counter
+    _clock = (
+        time.process_time if args.clock == "cpu" and device.type == "cpu" else time.perf_counter
+    )
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    results: dict[str, Any] = {"machine": machine(device), "peak_mb": {}, "nets": args.nets,
-                               "clock": "cpu" if _clock is time.process_time else "wall",
-                               "train_nets": args.train_nets, "train_batch": args.train_batch}
+    results: dict[str, Any] = {
+        "machine": machine(device),
+        "peak_mb": {},
+        "nets": args.nets,
+        "clock": "cpu" if _clock is time.process_time else "wall",
+        "train_nets": args.train_nets,
+        "train_batch": args.train_batch,
+    }
     results["flops_per_image_per_net"] = forward_flops(small_cnn(), torch.zeros(1, 1, 28, 28))
     results["gemm_size"] = args.gemm_size or (8192 if device.type == "cuda" else 2048)
     results["gemm_gflops"] = gemm_gflops(device, results["gemm_size"])
@@ -562,7 +701,9 @@ def main(argv: list[str] | None = None) -> int:
     if "eval" not in args.skip:
         bench_eval(args, device, results)
         results["eval_fraction_of_peak"] = results["eval_batched_gflops"] / results["gemm_gflops"]
-        results["eval_speedup_vs_loop"] = results["eval_batched_gflops"] / results["eval_loop_gflops"]
+        results["eval_speedup_vs_loop"] = (
+            results["eval_batched_gflops"] / results["eval_loop_gflops"]
+        )
     if "fwd" not in args.skip:
         bench_train_size_forward(args, device, results)
     if "train" not in args.skip:
@@ -570,8 +711,13 @@ def main(argv: list[str] | None = None) -> int:
     if "sample" not in args.skip:
         bench_sampling(args, device, results)
     # Keys the issue asks for are always present (None when that part was skipped).
-    for key in ("eval_batched_gflops", "eval_loop_gflops", "eval_fraction_of_peak",
-                "train_speedup_vs_loop", "hypergan_sample100_ms"):
+    for key in (
+        "eval_batched_gflops",
+        "eval_loop_gflops",
+        "eval_fraction_of_peak",
+        "train_speedup_vs_loop",
+        "hypergan_sample100_ms",
+    ):
         results.setdefault(key, None)
     results["total_s"] = time.perf_counter() - start
     with contextlib.suppress(OSError):

@@ -111,7 +111,10 @@ def evaluate(
 
         def predict(x: Tensor) -> Tensor:
             out = batched_predict(
-                target, weights, x, memory_budget=memory_budget,
+                target,
+                weights,
+                x,
+                memory_budget=memory_budget,
                 transform=lambda logits: torch.log_softmax(logits.float(), dim=-1),
             )
             return out.cpu()

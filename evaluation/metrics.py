@@ -142,7 +142,9 @@ class ReliabilityBins:
         return float(np.sum(weights * np.abs(self.accuracy[full] - self.confidence[full])))
 
 
-def reliability_bins(probs: ArrayLike, labels: ArrayLike, n_bins: int = ECE_BINS) -> ReliabilityBins:
+def reliability_bins(
+    probs: ArrayLike, labels: ArrayLike, n_bins: int = ECE_BINS
+) -> ReliabilityBins:
     """Bin inputs by top-label confidence max_c p̄_c into ``n_bins`` equal-width bins over (0, 1].
 
     Bin b = (b/n_bins, (b+1)/n_bins], right-closed (a confidence of exactly 1 lands in the
@@ -162,11 +164,16 @@ def reliability_bins(probs: ArrayLike, labels: ArrayLike, n_bins: int = ECE_BINS
         mean_conf = (conf_sum / count).numpy()
         mean_acc = (acc_sum / count).numpy()
     return ReliabilityBins(
-        edges=edges.numpy(), confidence=mean_conf, accuracy=mean_acc, count=count.numpy().astype(np.int64)
+        edges=edges.numpy(),
+        confidence=mean_conf,
+        accuracy=mean_acc,
+        count=count.numpy().astype(np.int64),
     )
 
 
-def expected_calibration_error(probs: ArrayLike, labels: ArrayLike, n_bins: int = ECE_BINS) -> float:
+def expected_calibration_error(
+    probs: ArrayLike, labels: ArrayLike, n_bins: int = ECE_BINS
+) -> float:
     """ECE = Σ_b (n_b / N) · |acc_b − conf_b| (top-label, L1; Guo et al. 2017).
 
     15 equal-width bins over (0, 1], right-closed: see :func:`reliability_bins`.

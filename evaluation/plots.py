@@ -50,14 +50,35 @@ def reliability_diagram(cells: Cells, path: str | Path) -> Path:
         conf, acc = a["reliability/confidence"], a["reliability/accuracy"]
         full = count > 0
         left, width = edges[:-1], np.diff(edges)
-        ax.bar(left[full], acc[full], width=width[full], align="edge", color="tab:blue",
-               edgecolor="black", linewidth=0.5, label="accuracy")
-        ax.bar(left[full], conf[full] - acc[full], bottom=acc[full], width=width[full],
-               align="edge", color="tab:red", alpha=0.3, label="gap to confidence")
+        ax.bar(
+            left[full],
+            acc[full],
+            width=width[full],
+            align="edge",
+            color="tab:blue",
+            edgecolor="black",
+            linewidth=0.5,
+            label="accuracy",
+        )
+        ax.bar(
+            left[full],
+            conf[full] - acc[full],
+            bottom=acc[full],
+            width=width[full],
+            align="edge",
+            color="tab:red",
+            alpha=0.3,
+            label="gap to confidence",
+        )
         ax.plot([0, 1], [0, 1], "k--", linewidth=1)
         ece = float(np.sum(count[full] / count.sum() * np.abs(acc[full] - conf[full])))
-        ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence", ylabel="accuracy",
-               title=f"{method} (ECE {ece:.4f})")
+        ax.set(
+            xlim=(0, 1),
+            ylim=(0, 1),
+            xlabel="confidence",
+            ylabel="accuracy",
+            title=f"{method} (ECE {ece:.4f})",
+        )
         ax.legend(loc="upper left", fontsize="small")
     return _save(fig, path)
 
@@ -79,9 +100,14 @@ def entropy_ecdf(cells: Cells, path: str | Path) -> Path:
         a = cells[method]
         _ecdf(ax, predictive_entropy(a["test_probs"]).numpy(), "test (in-distribution)")
         for key in sorted(k for k in a if k.startswith(_OOD_PREFIX)):
-            _ecdf(ax, predictive_entropy(a[key]).numpy(), key[len(_OOD_PREFIX):])
-        ax.set(xlim=(0, math.log(a["test_probs"].shape[-1])), ylim=(0, 1),
-               xlabel="predictive entropy (nats)", ylabel="share of inputs", title=method)
+            _ecdf(ax, predictive_entropy(a[key]).numpy(), key[len(_OOD_PREFIX) :])
+        ax.set(
+            xlim=(0, math.log(a["test_probs"].shape[-1])),
+            ylim=(0, 1),
+            xlabel="predictive entropy (nats)",
+            ylabel="share of inputs",
+            title=method,
+        )
         ax.legend(loc="lower right", fontsize="small")
     return _save(fig, path)
 
@@ -95,10 +121,18 @@ def accuracy_vs_samples(cells: Cells, path: str | Path) -> Path:
     ax = fig.subplots()
     for method in methods:
         curve = cells[method]["acc_curve"]
-        ax.plot(np.arange(1, len(curve) + 1), curve, marker="." if len(curve) < 20 else None,
-                label=method)
-    ax.set(xscale="log", xlabel="number of sampled networks k", ylabel="test accuracy",
-           title="accuracy vs number of sampled networks")
+        ax.plot(
+            np.arange(1, len(curve) + 1),
+            curve,
+            marker="." if len(curve) < 20 else None,
+            label=method,
+        )
+    ax.set(
+        xscale="log",
+        xlabel="number of sampled networks k",
+        ylabel="test accuracy",
+        title="accuracy vs number of sampled networks",
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, path)
@@ -115,20 +149,52 @@ def regression_bands(cells: Cells, path: str | Path) -> Path:
         total, epistemic = a["grid_std_total"], a["grid_std_epistemic"]
         if "train_range" in a:
             ax.axvspan(*a["train_range"], color="0.93", zorder=0, label="training range")
-        ax.fill_between(x, mean - 2 * total, mean + 2 * total, color="tab:blue", alpha=0.2,
-                        linewidth=0, label="± 2 std total")
-        ax.fill_between(x, mean - 2 * epistemic, mean + 2 * epistemic, color="tab:blue",
-                        alpha=0.45, linewidth=0, label="± 2 std epistemic")
+        ax.fill_between(
+            x,
+            mean - 2 * total,
+            mean + 2 * total,
+            color="tab:blue",
+            alpha=0.2,
+            linewidth=0,
+            label="± 2 std total",
+        )
+        ax.fill_between(
+            x,
+            mean - 2 * epistemic,
+            mean + 2 * epistemic,
+            color="tab:blue",
+            alpha=0.45,
+            linewidth=0,
+            label="± 2 std epistemic",
+        )
         ax.plot(x, x**3, "k--", linewidth=1, label="x³")
         ax.plot(x, mean, color="tab:blue", linewidth=1.5, label="predictive mean")
         if "train_x" in a:
-            ax.scatter(a["train_x"], a["train_y"], s=12, color="tab:red", zorder=3,
-                       label="training points")
+            ax.scatter(
+                a["train_x"], a["train_y"], s=12, color="tab:red", zorder=3, label="training points"
+            )
         # Fixed y-range (true function and data, +50%) so one wild band cannot flatten the rest.
         seen = np.concatenate([x**3, a.get("train_y", np.zeros(0))])
         pad = 0.5 * (seen.max() - seen.min())
         ax.set(xlabel="x", ylabel="y", title=method, ylim=(seen.min() - pad, seen.max() + pad))
         ax.legend(loc="upper left", fontsize="x-small")
+    return _save(fig, path)
+
+
+def training_history(histories: Mapping[str, list[dict]], path: str | Path) -> Path:
+    """What each method recorded during training (e.g. HyperGAN's diversity and validation
+    score): one panel per recorded quantity (every key but ``step``), one line per method."""
+    keys = sorted({k for h in histories.values() for row in h for k in row if k != "step"})
+    fig, axes = _panels(max(1, len(keys)), width=4.5)
+    for ax, key in zip(axes, keys, strict=False):
+        for method, rows in histories.items():
+            points = [(r["step"], r[key]) for r in rows if key in r and "step" in r]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, marker=".", label=method)
+        ax.set(xlabel="training step", title=key)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 

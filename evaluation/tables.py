@@ -68,7 +68,9 @@ def _escape(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
-def render_markdown(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool]) -> str:
+def render_markdown(
+    header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool]
+) -> str:
     """A GitHub-flavoured Markdown table (numeric columns right-aligned)."""
     align = ["---:" if num else ":---" for num in numeric]
     lines = [

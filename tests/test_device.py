@@ -9,7 +9,9 @@ from uqbench.evaluation.harness import evaluate
 from uqbench.registry import discover, load_method
 from uqbench.testing import check_sampler_contract, make_tiny_sampler, tiny_benchmark
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+needs_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device on this machine"
+)
 
 
 @pytest.mark.device

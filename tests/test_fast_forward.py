@@ -29,7 +29,9 @@ def mixed_sequential() -> nn.Sequential:
             act1=nn.LeakyReLU(0.2),
             act1b=nn.Tanh(),
             pool1=nn.MaxPool2d(3, stride=2, padding=1),  # overlapping: not the strided-slice pool
-            block=nn.Sequential(nn.Conv2d(6, 4, 2, dilation=2, groups=2), nn.ELU(), nn.AvgPool2d(2)),
+            block=nn.Sequential(
+                nn.Conv2d(6, 4, 2, dilation=2, groups=2), nn.ELU(), nn.AvgPool2d(2)
+            ),
             flatten=nn.Flatten(),
             fc1=nn.Linear(16, 7),
             act2=nn.GELU(),
@@ -42,8 +44,12 @@ def odd_cnn() -> nn.Sequential:
     """Shared conv + tiling pool on an odd map (the last row and column are dropped),
     a second conv + pool, and a 4-D output (no Flatten)."""
     return nn.Sequential(
-        nn.Conv2d(2, 4, 4, stride=2), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(4, 3, 1), nn.Sigmoid(), nn.MaxPool2d(2),
+        nn.Conv2d(2, 4, 4, stride=2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(4, 3, 1),
+        nn.Sigmoid(),
+        nn.MaxPool2d(2),
     )
 
 
@@ -123,15 +129,21 @@ def test_gradients_equal_vmap(name: str) -> None:
         grads.append({k: v.grad for k, v in leaves.items()})
     for key in weights:
         scale = grads[0][key].abs().max().item()
-        torch.testing.assert_close(grads[1][key], grads[0][key], rtol=1e-4, atol=1e-5 * max(scale, 1e-3))
+        torch.testing.assert_close(
+            grads[1][key], grads[0][key], rtol=1e-4, atol=1e-5 * max(scale, 1e-3)
+        )
 
 
-def test_stacked_forward_takes_the_fast_path_under_autograd(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stacked_forward_takes_the_fast_path_under_autograd(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """HyperGAN trains through stacked_forward: its gradients come from the fast path."""
     target, weights, x = case("small_cnn")
     calls = []
     real = fast_forward.fast_stacked_forward
-    monkeypatch.setattr(fast_forward, "fast_stacked_forward", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(
+        fast_forward, "fast_stacked_forward", lambda *a: calls.append(1) or real(*a)
+    )
     leaves = {k: v.clone().requires_grad_() for k, v in weights.items()}
     stacked_forward(target, leaves, x).sum().backward()
     assert calls and all(v.grad is not None for v in leaves.values())
@@ -153,7 +165,9 @@ def test_batched_predict_chunks_take_the_fast_path() -> None:
     with torch.no_grad():
         expected = vmap_forward(target, weights, x).softmax(-1)
     budget = 4 * 64 * 1024  # forces several image chunks
-    got = batched_predict(target, weights, x, memory_budget=budget, transform=lambda o: o.softmax(-1))
+    got = batched_predict(
+        target, weights, x, memory_budget=budget, transform=lambda o: o.softmax(-1)
+    )
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -181,12 +195,27 @@ def test_inputs_are_never_overwritten() -> None:
 def _unsupported() -> dict[str, tuple[nn.Module, Tensor]]:
     image = torch.randn(2, 1, 8, 8)
     return {
-        "batch-norm (buffers)": (nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(72, 2)).eval(), image),
+        "batch-norm (buffers)": (
+            nn.Sequential(
+                nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(72, 2)
+            ).eval(),
+            image,
+        ),
         "dropout": (nn.Sequential(nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 2)).eval(), image),
         "flatten(2)": (nn.Sequential(nn.Flatten(2), nn.Linear(64, 2)), image),
-        "reflect padding": (nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"), nn.Flatten(), nn.Linear(128, 2)), image),
+        "reflect padding": (
+            nn.Sequential(
+                nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"),
+                nn.Flatten(),
+                nn.Linear(128, 2),
+            ),
+            image,
+        ),
         "not Sequential": (nn.ModuleDict({"fc": nn.Linear(4, 2)}), torch.randn(2, 4)),
-        "unbatched input": (nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(0), nn.Linear(72, 2)), image[0]),
+        "unbatched input": (
+            nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(0), nn.Linear(72, 2)),
+            image[0],
+        ),
         "linear on images": (nn.Sequential(nn.Linear(8, 2)), image),
     }
 
@@ -211,7 +240,9 @@ def test_stacked_forward_prefers_the_fast_path_only_where_measured() -> None:
     with fast_path(False):
         assert not fast_forward.preferred(target, weights, x)
     meta = {k: v.to("meta") for k, v in weights.items()}
-    assert supports(target, meta, x.to("meta")) and not fast_forward.preferred(target, meta, x.to("meta"))
+    assert supports(target, meta, x.to("meta")) and not fast_forward.preferred(
+        target, meta, x.to("meta")
+    )
 
 
 def test_weights_that_do_not_match_the_target_fall_back() -> None:
@@ -252,4 +283,6 @@ def test_cuda_outputs_and_gradients_equal_vmap(name: str) -> None:
             grads.append({k: v.grad for k, v in leaves.items()})
     for key in weights:
         scale = grads[0][key].abs().max().item()
-        torch.testing.assert_close(grads[1][key], grads[0][key], rtol=1e-3, atol=1e-4 * max(scale, 1e-3))
+        torch.testing.assert_close(
+            grads[1][key], grads[0][key], rtol=1e-3, atol=1e-4 * max(scale, 1e-3)
+        )

@@ -36,14 +36,15 @@ class NoisySampler(WeightSampler):
     class Config:
         scale: float = 0.7
 
-    def fit(self, train, *, seed, progress=None) -> None:
+    def fit(self, train, *, seed, val=None, progress=None) -> None:
         torch.manual_seed(seed)
         self.base = {k: p.detach().clone() for k, p in self.target.named_parameters()}
 
     def sample(self, n, *, generator=None):
         self.check_n(n)
         return {
-            k: v + self.config.scale * torch.randn((n, *v.shape), generator=generator, dtype=v.dtype)
+            k: v
+            + self.config.scale * torch.randn((n, *v.shape), generator=generator, dtype=v.dtype)
             for k, v in self.base.items()
         }
 
@@ -124,10 +125,26 @@ def test_matches_a_naive_loop_over_networks() -> None:
         assert m[f"auroc/{name}/entropy"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
     assert m["n_samples"] == n and m["teacher_acc"] == 0.5 and m["sample_eval_s"] > 0
 
-    expected = {"acc", "acc@1", "acc@5", "acc@10", "nll", "brier", "ece", "disagreement",
-                "diversity_l2_rel_std", "n_samples", "sample_eval_s", "teacher_acc"}
-    expected |= {f"{metric}/{ood}/{score}" for metric in ("auroc", "aupr", "fpr95")
-                 for ood in ("far", "near") for score in ("entropy", "mi", "maxprob")}
+    expected = {
+        "acc",
+        "acc@1",
+        "acc@5",
+        "acc@10",
+        "nll",
+        "brier",
+        "ece",
+        "disagreement",
+        "diversity_l2_rel_std",
+        "n_samples",
+        "sample_eval_s",
+        "teacher_acc",
+    }
+    expected |= {
+        f"{metric}/{ood}/{score}"
+        for metric in ("auroc", "aupr", "fpr95")
+        for ood in ("far", "near")
+        for score in ("entropy", "mi", "maxprob")
+    }
     assert set(m) == expected
     assert all(isinstance(v, float) for v in m.values())
     assert result.arrays["acc_curve"].shape == (n,)
@@ -174,8 +191,8 @@ class WithReference(NoisySampler):
 
 
 def test_reference_views_are_scored_like_the_sampler_and_become_their_own_rows() -> None:
-    from uqbench.outputs import long_table
-    from uqbench.store import CellRecord
+    from uqbench.app.outputs import long_table
+    from uqbench.app.store import CellRecord
 
     data = classification_data()
     sampler = fitted(data)
@@ -253,7 +270,9 @@ def test_regression_matches_a_naive_loop(heteroscedastic: bool) -> None:
     order = np.argsort(xs)
     assert np.all(np.diff(a["grid_x"]) > 0)
     np.testing.assert_allclose(a["grid_mean"], mean[order], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(a["grid_std_epistemic"], np.sqrt(epistemic[order]), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        a["grid_std_epistemic"], np.sqrt(epistemic[order]), rtol=1e-4, atol=1e-6
+    )
     np.testing.assert_allclose(a["grid_std_total"], np.sqrt(total[order]), rtol=1e-5)
     np.testing.assert_allclose(a["test_y"], yy[order], rtol=1e-6)
     assert a["train_x"].shape == a["train_y"].shape == (20,)
@@ -265,8 +284,20 @@ def test_arrays_round_trip_through_npz(tmp_path) -> None:
     result = evaluate(fitted(data), data, n_samples=3, seed=0)
     path = result.save_arrays(tmp_path / "cell.npz")
     back = load_arrays(path)
-    assert set(back) == set(result.arrays) == {
-        "test_probs", "test_labels", "ood_probs/far", "ood_probs/near", "acc_curve",
-        "reliability/edges", "reliability/confidence", "reliability/accuracy", "reliability/count"}
+    assert (
+        set(back)
+        == set(result.arrays)
+        == {
+            "test_probs",
+            "test_labels",
+            "ood_probs/far",
+            "ood_probs/near",
+            "acc_curve",
+            "reliability/edges",
+            "reliability/confidence",
+            "reliability/accuracy",
+            "reliability/count",
+        }
+    )
     for key, value in result.arrays.items():
         np.testing.assert_array_equal(back[key], value)

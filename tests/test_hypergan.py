@@ -24,9 +24,18 @@ from uqbench.testing import (
 from uqbench.training import as_tensors
 
 #: Small hypernet settings for the shape / flag tests (fit with steps=0 only calibrates).
-SMALL = {"noise_dim": 16, "code_dim": 8, "mixer_hidden": 32, "generator_hidden": 32,
-         "discriminator_hidden": 32, "noise_batch": 16, "nets_per_step": 4, "bn_calibration": 64,
-         "diversity_samples": 8, "val_nets": 2}
+SMALL = {
+    "noise_dim": 16,
+    "code_dim": 8,
+    "mixer_hidden": 32,
+    "generator_hidden": 32,
+    "discriminator_hidden": 32,
+    "noise_batch": 16,
+    "nets_per_step": 4,
+    "bn_calibration": 64,
+    "diversity_samples": 8,
+    "val_nets": 2,
+}
 
 
 def small_config(**overrides) -> HyperGAN.Config:
@@ -52,7 +61,6 @@ def calibrated(target: nn.Module, x: torch.Tensor, y: torch.Tensor, **overrides)
     sampler = HyperGAN(target, small_config(**{"steps": 0, **overrides}))
     sampler.fit(torch.utils.data.TensorDataset(x, y), seed=0)
     return sampler
-
 
 
 def tiny_sampler(kind: str, steps: int = 300) -> HyperGAN:
@@ -82,7 +90,9 @@ def test_learns_tiny_regression_and_is_uncertain_away_from_data() -> None:
     sampler = tiny_sampler("regression")
     sampler.fit(data.train, seed=0)
     grid = torch.linspace(-4, 4, 81).unsqueeze(1)
-    mean = stacked_forward(sampler.target, sampler.sample(50, generator=torch.Generator().manual_seed(0)), grid)[..., 0]
+    mean = stacked_forward(
+        sampler.target, sampler.sample(50, generator=torch.Generator().manual_seed(0)), grid
+    )[..., 0]
     inside = grid[:, 0].abs() <= 2
     rmse_in = float((mean.mean(0)[inside] - torch.sin(2 * grid[inside, 0])).pow(2).mean().sqrt())
     std = mean.std(0)
@@ -107,7 +117,9 @@ def test_generator_shapes_follow_target(make, shape) -> None:
     for spec, gen in zip(specs, sampler.generators, strict=True):
         assert gen.head.out_features == sum(p.numel() for n, p in params.items() if n in spec.names)
     draw = sampler.sample(3, generator=torch.Generator().manual_seed(0))
-    assert {k: tuple(v.shape) for k, v in draw.items()} == {k: (3, *p.shape) for k, p in params.items()}
+    assert {k: tuple(v.shape) for k, v in draw.items()} == {
+        k: (3, *p.shape) for k, p in params.items()
+    }
     assert stacked_forward(target, draw, x).shape[:2] == (3, 4)
 
 
@@ -147,7 +159,9 @@ def test_no_discriminator_drops_d_and_its_term() -> None:
     on = calibrated(tiny_target(), x, y, steps=4, val_every=2)
     opt_g, opt_d = on._optimizers()
     d_params = {id(p) for p in on.discriminator.parameters()}
-    assert opt_d is not None and not d_params & {id(p) for g in opt_g.param_groups for p in g["params"]}
+    assert opt_d is not None and not d_params & {
+        id(p) for g in opt_g.param_groups for p in g["params"]
+    }
     _, adv, d_loss = on._step(x[:8], y[:8], opt_g, opt_d, torch.Generator().manual_seed(0))
     assert adv > 0 and d_loss > 0
 

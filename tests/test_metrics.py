@@ -118,7 +118,9 @@ def test_nll_survives_probabilities_that_underflow() -> None:
     log_probs = torch.log_softmax(logits, dim=-1)
     assert (torch.softmax(logits, dim=-1)[..., 1] == 0).all()  # the naive path would be log 0
     expected = 200 + math.log(2) - math.log1p(math.exp(-100))
-    assert M.negative_log_likelihood(log_probs, torch.tensor([1])) == pytest.approx(expected, rel=1e-6)
+    assert M.negative_log_likelihood(log_probs, torch.tensor([1])) == pytest.approx(
+        expected, rel=1e-6
+    )
     # Everything far below exp's range: still exact, not inf.
     deep = torch.log_softmax(torch.tensor([[[0.0, -1000.0]], [[0.0, -1000.0]]]), dim=-1)
     assert M.negative_log_likelihood(deep, torch.tensor([1])) == pytest.approx(1000.0, rel=1e-6)
@@ -174,7 +176,9 @@ def test_ood_auroc_aupr_agree_with_torchmetrics() -> None:
         binary_average_precision(preds, target).item(), abs=1e-6
     )
     # Distribution-shifted inputs: OOD scores are higher than in-distribution ones.
-    sharp = torch.softmax(5 * torch.randn(7, 500, 5, generator=torch.Generator().manual_seed(0)), -1)
+    sharp = torch.softmax(
+        5 * torch.randn(7, 500, 5, generator=torch.Generator().manual_seed(0)), -1
+    )
     flat = torch.full((7, 400, 5), 0.2, dtype=torch.float64)
     result = M.ood_detection(sharp, flat)
     assert set(result) == {f"{m}/{s}" for m in ("auroc", "aupr", "fpr95") for s in M.OOD_SCORES}
@@ -183,9 +187,7 @@ def test_ood_auroc_aupr_agree_with_torchmetrics() -> None:
 
 def test_accuracy_of_first_k_and_curve() -> None:
     # Point 0 (label 0): net 1 is wrong, nets 1-2 averaged are right, all three right.
-    probs = torch.tensor(
-        [[[0.4, 0.6]], [[0.9, 0.1]], [[0.6, 0.4]]], dtype=torch.float64
-    )
+    probs = torch.tensor([[[0.4, 0.6]], [[0.9, 0.1]], [[0.6, 0.4]]], dtype=torch.float64)
     labels = torch.tensor([0])
     assert M.accuracy_curve(probs, labels).tolist() == [0.0, 1.0, 1.0]
     assert M.accuracy_of_first_k(probs, labels, ks=(1, 2, 5)) == {1: 0.0, 2: 1.0}
@@ -200,7 +202,10 @@ def test_diversity_l2_rel_std_uses_all_parameters_and_population_std() -> None:
     weights = {"w": torch.tensor([[3.0], [0.0]]), "b": torch.tensor([[4.0], [6.0]])}
     assert M.diversity_l2_rel_std(weights) == pytest.approx(0.5 / 5.5)
     rng = np.random.default_rng(5)
-    w = {"a": torch.from_numpy(rng.normal(size=(9, 3, 4))), "c": torch.from_numpy(rng.normal(size=(9, 2)))}
+    w = {
+        "a": torch.from_numpy(rng.normal(size=(9, 3, 4))),
+        "c": torch.from_numpy(rng.normal(size=(9, 2))),
+    }
     norms = np.sqrt((w["a"].numpy() ** 2).sum((1, 2)) + (w["c"].numpy() ** 2).sum(1))
     assert M.diversity_l2_rel_std(w) == pytest.approx(norms.std(ddof=0) / norms.mean())
 
@@ -209,7 +214,9 @@ def test_diversity_l2_rel_std_uses_all_parameters_and_population_std() -> None:
 def test_gaussian_predictive_law_of_total_variance() -> None:
     rng = np.random.default_rng(6)
     mu = rng.normal(size=(5, 8))
-    fixed = R.gaussian_predictive(torch.from_numpy(mu[..., None]), Task("regression", noise_std=2.0))
+    fixed = R.gaussian_predictive(
+        torch.from_numpy(mu[..., None]), Task("regression", noise_std=2.0)
+    )
     assert fixed.mean.numpy() == pytest.approx(mu.mean(0))
     assert fixed.aleatoric_var.numpy() == pytest.approx(np.full(8, 4.0))
     assert fixed.epistemic_var.numpy() == pytest.approx(mu.var(0, ddof=0))
@@ -236,5 +243,7 @@ def test_std_inside_outside_is_mean_epistemic_std() -> None:
     mu = torch.tensor([[0.0, 1.0, 3.0], [0.0, -1.0, -3.0]]).unsqueeze(-1)
     pred = R.gaussian_predictive(mu, Task("regression", noise_std=3.0))
     x = torch.tensor([[0.0], [-5.0], [5.0]])
-    assert R.std_inside_outside(pred, x, (-4.0, 4.0)) == pytest.approx({"std_in": 0.0, "std_out": 2.0})
+    assert R.std_inside_outside(pred, x, (-4.0, 4.0)) == pytest.approx(
+        {"std_in": 0.0, "std_out": 2.0}
+    )
     assert R.std_inside_outside(pred, x, (-6.0, 6.0)) == pytest.approx({"std_in": 4 / 3})

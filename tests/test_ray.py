@@ -5,14 +5,29 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from uqbench.cli import main
+from uqbench.app.cli import main
 
 pytest.importorskip("ray", reason="the optional ray extra is not installed")
 
-ARGS = ["compare", "--methods", "ensemble,mcdropout", "--benchmark", "toy1d", "--seeds", "0,1",
-        "--samples", "3", "--device", "cpu",
-        "--set", "ensemble.epochs=100", "--set", "ensemble.members=3",
-        "--set", "mcdropout.epochs=100"]
+ARGS = [
+    "compare",
+    "--methods",
+    "ensemble,mcdropout",
+    "--benchmark",
+    "toy1d",
+    "--seeds",
+    "0,1",
+    "--samples",
+    "3",
+    "--device",
+    "cpu",
+    "--set",
+    "ensemble.epochs=100",
+    "--set",
+    "ensemble.members=3",
+    "--set",
+    "mcdropout.epochs=100",
+]
 TIMINGS = {"fit_s", "sample_eval_s", "peak_mb"}
 
 
@@ -26,5 +41,7 @@ def test_ray_executor_matches_local(tmp_path):
     merged = local.merge(remote, on=key, suffixes=("_local", "_ray"))
     assert len(merged) == len(local) == len(remote)
     scored = merged[~merged.metric.isin(TIMINGS)]
-    pd.testing.assert_series_equal(scored.value_local, scored.value_ray, check_names=False, rtol=1e-4)
+    pd.testing.assert_series_equal(
+        scored.value_local, scored.value_ray, check_names=False, rtol=1e-4
+    )
     assert len(list((tmp_path / "ray" / "checkpoints").glob("*.pt"))) == 4

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import sqlite3
 
+from uqbench.app.store import CellRecord, ResultsStore
 from uqbench.registry import discover, load_method
 from uqbench.sampler import WeightSampler
-from uqbench.store import CellRecord, ResultsStore
 
 BUILTINS = {"ensemble", "mcdropout", "hypergan", "mnf", "apd"}
 
 
 def _record(seed: int, acc: float = 0.9) -> CellRecord:
-    return CellRecord("m", "b", seed, "abc", {"acc": acc}, {"lr": 0.1}, "ck.pt", "a.npz", [{"step": 1}])
+    return CellRecord(
+        "m", "b", seed, "abc", {"acc": acc}, {"lr": 0.1}, "ck.pt", "a.npz", [{"step": 1}]
+    )
 
 
 def test_store_round_trip_and_replace(tmp_path):

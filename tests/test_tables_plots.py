@@ -20,12 +20,23 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def long_frame() -> pd.DataFrame:
     rows = []
     for seed, (acc, nll) in enumerate([(0.90, 0.30), (0.92, 0.25), (0.94, 0.20)]):
-        rows += [("hypergan", "mnist5k-split", seed, "acc", acc),
-                 ("hypergan", "mnist5k-split", seed, "nll", nll),
-                 ("hypergan", "mnist5k-split", seed, "params", 1_234_567.0)]
-    rows += [("ensemble", "mnist5k-split", 0, metric, value) for metric, value in [
-        ("acc", 0.95), ("nll", 0.18), ("ece", 0.0123456), ("acc@5", 0.951),
-        ("auroc/mnist-5-9/entropy", 0.87), ("auroc/mnist-5-9/mi", 0.8), ("fit_s", 81.26)]]
+        rows += [
+            ("hypergan", "mnist5k-split", seed, "acc", acc),
+            ("hypergan", "mnist5k-split", seed, "nll", nll),
+            ("hypergan", "mnist5k-split", seed, "params", 1_234_567.0),
+        ]
+    rows += [
+        ("ensemble", "mnist5k-split", 0, metric, value)
+        for metric, value in [
+            ("acc", 0.95),
+            ("nll", 0.18),
+            ("ece", 0.0123456),
+            ("acc@5", 0.951),
+            ("auroc/mnist-5-9/entropy", 0.87),
+            ("auroc/mnist-5-9/mi", 0.8),
+            ("fit_s", 81.26),
+        ]
+    ]
     return pd.DataFrame(rows, columns=["method", "benchmark", "seed", "metric", "value"])
 
 
@@ -41,8 +52,16 @@ def test_markdown_table_layout_and_formatting() -> None:
     text = to_markdown(long_frame())
     lines = text.strip().splitlines()
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    assert header == ["method", "acc", "acc@5", "nll", "ece", "auroc/mnist-5-9/entropy",
-                      "params", "fit_s"]
+    assert header == [
+        "method",
+        "acc",
+        "acc@5",
+        "nll",
+        "ece",
+        "auroc/mnist-5-9/entropy",
+        "params",
+        "fit_s",
+    ]
     assert len({line.count("|") for line in lines}) == 1  # every row has every column
     hypergan = next(line for line in lines if line.startswith("| hypergan"))
     assert "0.9200 ± 0.0200" in hypergan and "0.2500 ± 0.0500" in hypergan
@@ -67,7 +86,12 @@ def test_several_benchmarks_get_a_benchmark_column() -> None:
     assert lines[0].startswith("| benchmark | method |")
     assert sum("ensemble" in line for line in lines) == 2
     assert default_metrics(["fit_s", "brier", "acc@100", "acc", "rmse"]) == [
-        "acc", "acc@100", "brier", "rmse", "fit_s"]
+        "acc",
+        "acc@100",
+        "brier",
+        "rmse",
+        "fit_s",
+    ]
 
 
 def _assert_png(path) -> None:
@@ -97,8 +121,11 @@ def classification_cell(n: int, seed: int) -> dict[str, np.ndarray]:
 def test_classification_figures(tmp_path) -> None:
     cells = {"noisy": classification_cell(12, 0), "small": classification_cell(3, 1)}
     paths = plots.make_figures(cells, tmp_path / "figures", "classification")
-    assert [p.name for p in paths] == ["reliability.png", "entropy_ecdf.png",
-                                       "accuracy_vs_samples.png"]
+    assert [p.name for p in paths] == [
+        "reliability.png",
+        "entropy_ecdf.png",
+        "accuracy_vs_samples.png",
+    ]
     for path in paths:
         _assert_png(path)
     with pytest.raises(ValueError, match="unknown task kind"):
@@ -111,9 +138,13 @@ def test_regression_bands_figure(tmp_path) -> None:
     train_x = rng.uniform(-4, 4, 20)
     epistemic = 1 + np.abs(x) ** 2
     cell = {
-        "grid_x": x, "grid_mean": x**3, "grid_std_epistemic": epistemic,
-        "grid_std_total": np.sqrt(epistemic**2 + 9), "test_y": x**3,
-        "train_x": train_x, "train_y": train_x**3 + rng.normal(0, 3, 20),
+        "grid_x": x,
+        "grid_mean": x**3,
+        "grid_std_epistemic": epistemic,
+        "grid_std_total": np.sqrt(epistemic**2 + 9),
+        "test_y": x**3,
+        "train_x": train_x,
+        "train_y": train_x**3 + rng.normal(0, 3, 20),
         "train_range": np.array([-4.0, 4.0]),
     }
     paths = plots.make_figures({"a": cell, "b": cell}, tmp_path, "regression")

@@ -43,7 +43,9 @@ def machine() -> dict[str, str | int]:
     return {
         "platform": platform.platform(),
         "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0,
+        "cores": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count() or 0,
         "torch_threads": torch.get_num_threads(),
         "memory_gb": round(mem_gb, 1),
         "gpu": gpu,

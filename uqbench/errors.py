@@ -1,9 +1,15 @@
-"""The one error type for user mistakes.
+"""The error types for user mistakes and for fits that went wrong.
 
-Raised anywhere a user's input (a flag, a file, a config value) is wrong; the CLI turns it
-into a one-line message and exit status 2. Bugs raise ordinary exceptions.
+A :class:`UserError` is raised wherever what a caller supplied (an argument, a file, a
+config value) is wrong; it is a ``ValueError``, worded for whoever called the library,
+and the CLI turns it into a one-line message and exit status 2. Bugs raise ordinary
+exceptions.
 """
 
 
-class UserError(Exception):
-    """Something the user supplied is wrong; the message says what and how to fix it."""
+class UserError(ValueError):
+    """Something the caller supplied is wrong; the message says what and how to fix it."""
+
+
+class FitDiverged(UserError):
+    """Training produced a non-finite loss; the message names the loss and the step."""

@@ -52,11 +52,26 @@ from uqbench.targets import leaf_outputs
 
 #: Element-wise modules applied as they are, in any layout.
 ELEMENTWISE: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.SiLU, nn.Softplus,
-    nn.Hardtanh, nn.ReLU6, nn.Identity,
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.GELU,
+    nn.SiLU,
+    nn.Softplus,
+    nn.Hardtanh,
+    nn.ReLU6,
+    nn.Identity,
 )
 _MONOTONE: tuple[type[nn.Module], ...] = (
-    nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Softplus, nn.Hardtanh, nn.ReLU6, nn.Identity,
+    nn.ReLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.Softplus,
+    nn.Hardtanh,
+    nn.ReLU6,
+    nn.Identity,
 )
 _POOLS: tuple[type[nn.Module], ...] = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)
 
@@ -112,7 +127,10 @@ def _is_pool_like_stride(pool: nn.Module) -> bool:
     """MaxPool2d whose windows tile the input: kernel = stride, no padding, no dilation."""
     if not isinstance(pool, nn.MaxPool2d) or pool.ceil_mode or pool.return_indices:
         return False
-    k, s = _pair(pool.kernel_size), _pair(pool.stride if pool.stride is not None else pool.kernel_size)
+    k, s = (
+        _pair(pool.kernel_size),
+        _pair(pool.stride if pool.stride is not None else pool.kernel_size),
+    )
     return k == s and _pair(pool.padding) == (0, 0) and _pair(pool.dilation) == (1, 1)
 
 
@@ -140,7 +158,11 @@ def plan(target: nn.Module, input_dim: int) -> list[_Step] | None:
             j = i + 1
             while j < len(leaves) and _is_monotone(leaves[j][1]):
                 j += 1
-            if j < len(leaves) and isinstance(leaves[j][1], nn.MaxPool2d) and not leaves[j][1].return_indices:
+            if (
+                j < len(leaves)
+                and isinstance(leaves[j][1], nn.MaxPool2d)
+                and not leaves[j][1].return_indices
+            ):
                 then = tuple(mod for _, mod in leaves[i + 1 : j])
                 steps.append(_Step(m, name, then, leaves[j][1]))
                 i = j + 1
@@ -193,14 +215,19 @@ def fast_stacked_forward(target: nn.Module, weights: dict[str, Tensor], x: Tenso
     if steps is None or not supports(target, weights, x):
         raise ValueError("fast_stacked_forward: target not supported; use stacked_forward")
     n = next(iter(weights.values())).shape[0]
-    grad = torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in weights.values()))
+    grad = torch.is_grad_enabled() and (
+        x.requires_grad or any(w.requires_grad for w in weights.values())
+    )
     block = x.shape[0]
     if x.device.type == "cpu" and x.shape[0] > 1 and not grad:
         per_image = 4 * n * _widest_activation(target, x)
         block = max(1, CPU_BLOCK_BYTES // per_image)
     if block >= x.shape[0]:
         return _forward(steps, weights, x, n, in_place=not grad)
-    parts = [_forward(steps, weights, x[i : i + block], n, in_place=not grad) for i in range(0, x.shape[0], block)]
+    parts = [
+        _forward(steps, weights, x[i : i + block], n, in_place=not grad)
+        for i in range(0, x.shape[0], block)
+    ]
     return torch.cat(parts, dim=1)
 
 
@@ -208,7 +235,9 @@ def fast_stacked_forward(target: nn.Module, weights: dict[str, Tensor], x: Tenso
 #: measured best at 24-48 MiB with this machine's 32 MiB L3 (results/performance.md).
 CPU_BLOCK_BYTES = 32 << 20
 
-_WIDEST: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], int]] = weakref.WeakKeyDictionary()
+_WIDEST: weakref.WeakKeyDictionary[nn.Module, dict[tuple[int, ...], int]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _widest_activation(target: nn.Module, x: Tensor) -> int:
@@ -233,12 +262,16 @@ _IN_PLACE: dict[type[nn.Module], Callable[[nn.Module, Tensor], Tensor]] = {
 }
 
 
-def _forward(steps: list[_Step], weights: dict[str, Tensor], x: Tensor, n: int, *, in_place: bool) -> Tensor:
+def _forward(
+    steps: list[_Step], weights: dict[str, Tensor], x: Tensor, n: int, *, in_place: bool
+) -> Tensor:
     """Run the planned steps; ``in_place``: activations may overwrite tensors made here."""
     b = x.shape[0]
     h = x
     owned = False  # h is a tensor this function made (so in-place ops may overwrite it)
-    layout = "shared"  # "shared": [B, ...] for all nets; "merged": [B, n C, H, W]; "stacked": [n, B, F]
+    layout = (
+        "shared"  # "shared": [B, ...] for all nets; "merged": [B, n C, H, W]; "stacked": [n, B, F]
+    )
 
     def activate(m: nn.Module, h: Tensor) -> Tensor:
         op = _IN_PLACE.get(type(m)) if in_place and owned else None
@@ -284,7 +317,13 @@ def _forward(steps: list[_Step], weights: dict[str, Tensor], x: Tensor, n: int, 
 
 
 def _conv(
-    m: nn.Conv2d, w: Tensor, bias: Tensor | None, h: Tensor, *, shared: bool, pool: nn.MaxPool2d | None,
+    m: nn.Conv2d,
+    w: Tensor,
+    bias: Tensor | None,
+    h: Tensor,
+    *,
+    shared: bool,
+    pool: nn.MaxPool2d | None,
     in_place: bool,
 ) -> Tensor:
     """Conv2d of all n networks plus bias -> ``[B, n C_out, H, W]``; with ``pool``, max-pooled
@@ -416,7 +455,9 @@ GEMM_K_MULTIPLE = 16
 def _conv_out(m: nn.Conv2d, height: int, width: int) -> tuple[int, int]:
     (kh, kw), (sh, sw) = _pair(m.kernel_size), _pair(m.stride)
     (ph, pw), (dh, dw) = _pair(m.padding), _pair(m.dilation)
-    return (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (width + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    return (height + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (
+        width + 2 * pw - dw * (kw - 1) - 1
+    ) // sw + 1
 
 
 def _max_pool(h: Tensor, pool: nn.MaxPool2d) -> Tensor:

@@ -74,8 +74,20 @@ class WeightSampler(ABC):
 
     # --- the contract -------------------------------------------------------------
     @abstractmethod
-    def fit(self, train: Dataset, *, seed: int, progress: Progress | None = None) -> None:
-        """Fit the weight distribution to ``train`` (deterministic given ``seed``)."""
+    def fit(
+        self,
+        train: Dataset,
+        *,
+        seed: int,
+        val: Dataset | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        """Fit the weight distribution to ``train`` (deterministic given ``seed``).
+
+        ``val`` is the benchmark's validation split: the only data a method may use for
+        any choice (keep-best, early stopping, an internal holdout). It never holds test
+        or OOD data; None where a benchmark has no validation split.
+        """
 
     @abstractmethod
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
@@ -154,12 +166,18 @@ def _cast(raw: str, current: Any, label: str) -> Any:
         if isinstance(current, float):
             return float(raw)
         if isinstance(current, tuple):
-            return tuple(type(current[0])(v) for v in raw.split(",")) if current else tuple(raw.split(","))
+            return (
+                tuple(type(current[0])(v) for v in raw.split(","))
+                if current
+                else tuple(raw.split(","))
+            )
         if current is None:
             return None if raw.lower() == "none" else raw
         return type(current)(raw)
     except ValueError:
-        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(type(current), type(current).__name__)
+        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(
+            type(current), type(current).__name__
+        )
         raise UserError(f"--set {label}={raw}: expected {kind}") from None
 
 

@@ -44,7 +44,9 @@ def tiny_target(num_classes: int = 3, image_size: int = TINY_IMAGE) -> nn.Sequen
 
 def tiny_regression_target(hidden: int = 32) -> nn.Sequential:
     """1 -> hidden -> 1 MLP for the tiny 1D regression set."""
-    return nn.Sequential(OrderedDict(fc1=nn.Linear(1, hidden), act=nn.Tanh(), fc2=nn.Linear(hidden, 1)))
+    return nn.Sequential(
+        OrderedDict(fc1=nn.Linear(1, hidden), act=nn.Tanh(), fc2=nn.Linear(hidden, 1))
+    )
 
 
 def tiny_images(n: int = 300, num_classes: int = 3, seed: int = 0) -> TensorDataset:
@@ -112,28 +114,36 @@ def check_sampler_contract(cls: type[WeightSampler], n: int = 4, device: str = "
     for kind in ("classification", "regression"):
         data = tiny_benchmark(kind)
         sampler = make_tiny_sampler(cls, kind, device)
-        sampler.fit(data.train, seed=0)
+        sampler.fit(data.train, seed=0, val=data.val)
         if sampler.max_samples is not None:
             n = min(n, sampler.max_samples)
         draw = sampler.sample(n, generator=torch.Generator().manual_seed(7))
         shapes = dict(sampler.target.named_parameters())
-        assert set(draw) == set(shapes), f"sample keys {sorted(draw)} != parameters {sorted(shapes)}"
+        assert set(draw) == set(shapes), (
+            f"sample keys {sorted(draw)} != parameters {sorted(shapes)}"
+        )
         for name, value in draw.items():
             assert value.shape == (n, *shapes[name].shape), f"{name}: {tuple(value.shape)}"
             assert torch.isfinite(value).all(), f"{name} has non-finite values"
             assert value.device.type == torch.device(device).type, f"{name} on {value.device}"
         flat = torch.cat([v.flatten(1) for v in draw.values()], dim=1)
-        assert (flat[1:] - flat[0]).abs().amax() > 0, "all sampled networks in one draw are identical"
+        assert (flat[1:] - flat[0]).abs().amax() > 0, (
+            "all sampled networks in one draw are identical"
+        )
 
         again = sampler.sample(n, generator=torch.Generator().manual_seed(7))
         for name in draw:
-            torch.testing.assert_close(again[name], draw[name], msg=f"{name}: same generator, new draw")
+            torch.testing.assert_close(
+                again[name], draw[name], msg=f"{name}: same generator, new draw"
+            )
 
         twin = make_tiny_sampler(cls, kind, device)
-        twin.fit(data.train, seed=0)
+        twin.fit(data.train, seed=0, val=data.val)
         twin_draw = twin.sample(n, generator=torch.Generator().manual_seed(7))
         for name in draw:
-            torch.testing.assert_close(twin_draw[name], draw[name], msg=f"{name}: same seed, new fit")
+            torch.testing.assert_close(
+                twin_draw[name], draw[name], msg=f"{name}: same seed, new fit"
+            )
 
         buffer = io.BytesIO()
         torch.save(sampler.state_dict(), buffer)
@@ -142,7 +152,9 @@ def check_sampler_contract(cls: type[WeightSampler], n: int = 4, device: str = "
         fresh.load_state_dict(torch.load(buffer, weights_only=True))
         loaded = fresh.sample(n, generator=torch.Generator().manual_seed(7))
         for name in draw:
-            torch.testing.assert_close(loaded[name], draw[name], msg=f"{name}: after state_dict round trip")
+            torch.testing.assert_close(
+                loaded[name], draw[name], msg=f"{name}: after state_dict round trip"
+            )
 
         x, _ = as_tensors(data.test)
         out = stacked_forward(sampler.target, draw, x[:16].to(device))

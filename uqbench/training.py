@@ -1,15 +1,18 @@
-"""Pieces every method's training loop shares: tensors out of a dataset, minibatches, the task loss."""
+"""Pieces every method's training loop shares: tensors out of a dataset, minibatches, the task
+loss, learning-rate schedules, independent seed streams and the divergence check."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
+from uqbench.errors import FitDiverged
 from uqbench.sampler import Task
 
 
@@ -62,3 +65,41 @@ def seeded_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gen
     g = torch.Generator(device=device)
     g.manual_seed(seed)
     return g
+
+
+def derive_seeds(seed: int, purposes: Sequence[str]) -> dict[str, int]:
+    """Independent 63-bit seeds, one per purpose (e.g. ``("init", "data", "noise")``).
+
+    Spawned from ``numpy.random.SeedSequence(seed)`` keyed by each purpose's name, so the
+    streams of one seed never coincide with the streams of another seed (``seed + 1`` for
+    the data order would replay the next seed's noise).
+    """
+    out = {}
+    for purpose in purposes:
+        key = int.from_bytes(purpose.encode(), "little")
+        state = np.random.SeedSequence([seed, key]).generate_state(2, dtype=np.uint32)
+        out[purpose] = int(state[0]) << 31 ^ int(state[1])
+    return out
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """Multiplier of the base learning rate at ``step`` of ``total``.
+
+    ``constant``: 1. ``cosine``: half a cosine from 1 at step 0 to 0 at ``total``.
+    """
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / max(total, 1)))
+    raise ValueError(f"unknown learning-rate schedule {schedule!r}; use 'cosine' or 'constant'")
+
+
+def check_finite(method: str, losses: dict[str, Tensor | float], step: int) -> None:
+    """Raise :class:`FitDiverged` naming the first non-finite loss and the step."""
+    for name, value in losses.items():
+        number = float(value.detach().sum()) if isinstance(value, Tensor) else float(value)
+        if not math.isfinite(number):
+            raise FitDiverged(
+                f"{method}: the {name} loss became {number} at step {step}; the fit diverged "
+                "(lower the learning rates or check the data)"
+            )

@@ -28,6 +28,9 @@ class BenchmarkData:
     train: TensorDataset
     test: TensorDataset
     ood: dict[str, Tensor] = field(default_factory=dict)
+    #: Validation split (disjoint from train and test): every choice a method or a tuner
+    #: makes is made on it. None only for benchmarks without one.
+    val: TensorDataset | None = None
     train_range: tuple[float, float] | None = None
     #: Where each part came from (paths or "generated"), recorded with every run.
     sources: dict[str, str] = field(default_factory=dict)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from uqbench.runner import CellSpec
+from uqbench.app.runner import CellSpec
 from uqbench.sampler import Progress as ProgressCallback
 
 
@@ -39,8 +39,12 @@ class CellProgress:
         self._current = task
 
         def update(step: int, total: int, **metrics: float) -> None:
-            shown = " ".join(f"{k}={v:.3g}" for k, v in metrics.items() if isinstance(v, int | float))
-            self._progress.update(task, completed=step, total=total, description=f"fit {spec.label} {shown}")
+            shown = " ".join(
+                f"{k}={v:.3g}" for k, v in metrics.items() if isinstance(v, int | float)
+            )
+            self._progress.update(
+                task, completed=step, total=total, description=f"fit {spec.label} {shown}"
+            )
 
         return update
 
@@ -48,6 +52,12 @@ class CellProgress:
         acc = metrics.get("acc", metrics.get("rmse"))
         self._progress.console.print(
             f"finished {spec.label}: fit {metrics.get('fit_s', 0):.1f}s"
-            + (f", acc {acc:.4f}" if "acc" in metrics else f", rmse {acc:.3f}" if acc is not None else "")
+            + (
+                f", acc {acc:.4f}"
+                if "acc" in metrics
+                else f", rmse {acc:.3f}"
+                if acc is not None
+                else ""
+            )
         )
         self._progress.advance(self._cells)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from uqbench.app.runner import CellOutcome, CellSpec, run_cell
 from uqbench.errors import UserError
-from uqbench.runner import CellOutcome, CellSpec, run_cell
 from uqbench.sampler import Progress
 
 OnResult = Callable[[CellOutcome], None]

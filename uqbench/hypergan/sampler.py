@@ -324,9 +324,20 @@ class HyperGAN(WeightSampler):
     # --- construction -----------------------------------------------------------------
     def _check_config(self) -> None:
         c = self.config
-        positive = ("noise_dim", "code_dim", "mixer_hidden", "generator_hidden", "steps",
-                    "nets_per_step", "noise_batch", "batch_size", "val_every", "val_nets", "diversity_samples",
-                    "bn_calibration")
+        positive = (
+            "noise_dim",
+            "code_dim",
+            "mixer_hidden",
+            "generator_hidden",
+            "steps",
+            "nets_per_step",
+            "noise_batch",
+            "batch_size",
+            "val_every",
+            "val_nets",
+            "diversity_samples",
+            "bn_calibration",
+        )
         for key in positive:
             if getattr(c, key) < (0 if key == "steps" else 1):
                 raise UserError(f"hypergan: {key}={getattr(c, key)} must be a positive integer")
@@ -438,7 +449,14 @@ class HyperGAN(WeightSampler):
         self._fitted = True
 
     # --- training -------------------------------------------------------------------------
-    def fit(self, train: Dataset, *, seed: int, progress: Progress | None = None) -> None:
+    def fit(
+        self,
+        train: Dataset,
+        *,
+        seed: int,
+        val: Dataset | None = None,
+        progress: Progress | None = None,
+    ) -> None:
         """Train mixer, generators and discriminator from scratch (deterministic in ``seed``).
 
         Every ``val_every`` steps (and at steps 0 and ``steps``): batch-norm statistics
@@ -556,9 +574,10 @@ class HyperGAN(WeightSampler):
         if self.discriminator is not None:
             fake = codes.reshape(-1, c.code_dim)
             real = torch.randn(fake.shape, generator=g).to(self.device)
-            d_loss = F.softplus(-self.discriminator(real)).mean() + F.softplus(
-                self.discriminator(fake.detach())
-            ).mean()
+            d_loss = (
+                F.softplus(-self.discriminator(real)).mean()
+                + F.softplus(self.discriminator(fake.detach())).mean()
+            )
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
@@ -588,7 +607,9 @@ class HyperGAN(WeightSampler):
     def _pretrain_mixer(self, g: torch.Generator) -> None:
         """Fit the mixer so each layer's codes have mean 0 and covariance I (paper, optional)."""
         c = self.config
-        opt = torch.optim.Adam(self.mixer.parameters(), lr=c.lr_mixer, betas=(c.adam_beta1, c.adam_beta2))
+        opt = torch.optim.Adam(
+            self.mixer.parameters(), lr=c.lr_mixer, betas=(c.adam_beta1, c.adam_beta2)
+        )
         for _ in range(c.pretrain_steps):
             loss = code_moment_loss(self.codes(self._draw_noise(c.pretrain_batch, g)))
             opt.zero_grad(set_to_none=True)

@@ -14,10 +14,8 @@ from pathlib import Path
 
 import torch
 
-from uqbench.cli import _dump, _now, config_as_dict, parse_seeds, parse_sets
-from uqbench.environment import machine, package_versions, resolve_device
-from uqbench.errors import UserError
-from uqbench.outputs import (
+from uqbench.app.options import config_as_dict, dump_json, now_iso, parse_seeds, parse_sets
+from uqbench.app.outputs import (
     CONFIG_NAME,
     STORE_NAME,
     atomic_write_text,
@@ -26,10 +24,12 @@ from uqbench.outputs import (
     render,
     save_outcome,
 )
-from uqbench.progress import CellProgress
+from uqbench.app.progress import CellProgress
+from uqbench.app.runner import CellSpec, cached_benchmark
+from uqbench.app.store import ResultsStore
+from uqbench.environment import machine, package_versions, resolve_device
+from uqbench.errors import UserError
 from uqbench.registry import load_method
-from uqbench.runner import CellSpec, cached_benchmark
-from uqbench.store import ResultsStore
 
 
 def _parse_ood(items: list[str]) -> tuple[tuple[str, str], ...]:
@@ -42,7 +42,9 @@ def plan_cells(args: argparse.Namespace) -> tuple[list[CellSpec], dict]:
     """The cells of a compare command and the resolved config of each method."""
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     if not methods:
-        raise UserError("--methods is empty; e.g. --methods hypergan,mcdropout (see `uqbench list`)")
+        raise UserError(
+            "--methods is empty; e.g. --methods hypergan,mcdropout (see `uqbench list`)"
+        )
     if len(set(methods)) != len(methods):
         raise UserError(f"--methods {args.methods}: a method is listed twice")
     if args.samples < 1:
@@ -58,7 +60,10 @@ def plan_cells(args: argparse.Namespace) -> tuple[list[CellSpec], dict]:
         raise UserError(
             f"unknown benchmark {args.benchmark!r}; known: {', '.join(sorted(BENCHMARKS))}"
         )
-    configs = {m: config_as_dict(classes[m].make_config(overrides[m], benchmark=args.benchmark)) for m in methods}
+    configs = {
+        m: config_as_dict(classes[m].make_config(overrides[m], benchmark=args.benchmark))
+        for m in methods
+    }
     device = resolve_device(args.device)
     ood = _parse_ood(args.ood)
     specs = [
@@ -87,7 +92,7 @@ def compare(args: argparse.Namespace, *, command_line: str) -> None:
     torch.set_num_threads(torch.get_num_threads())
     resolved = {
         "command": command_line,
-        "started": _now(),
+        "started": now_iso(),
         "benchmark": args.benchmark,
         "task": data.task.kind,
         "methods": configs,
@@ -101,7 +106,7 @@ def compare(args: argparse.Namespace, *, command_line: str) -> None:
         "versions": package_versions(),
         "machine": machine(),
     }
-    atomic_write_text(out_dir / CONFIG_NAME, _dump(resolved) + "\n")
+    atomic_write_text(out_dir / CONFIG_NAME, dump_json(resolved) + "\n")
     with ResultsStore(out_dir / STORE_NAME) as store:
         todo = []
         for spec in specs:
@@ -110,22 +115,25 @@ def compare(args: argparse.Namespace, *, command_line: str) -> None:
             else:
                 todo.append(spec)
         with CellProgress(len(todo)) as progress:
+
             def on_result(outcome) -> None:
                 save_outcome(out_dir, outcome, store)
                 progress.cell_done(outcome.spec, outcome.metrics)
 
             if args.executor == "ray":
-                from uqbench.executors import run_ray
+                from uqbench.app.executors import run_ray
 
                 run_ray(todo, on_result, address=args.ray_address)
             else:
-                from uqbench.executors import run_local
+                from uqbench.app.executors import run_local
 
                 run_local(todo, on_result, progress.for_cell)
         records = _records_for(store, specs)
     markdown = render(out_dir, records, data.task.kind)
     print(markdown)
-    print(f"\nwrote {out_dir}/table.md, table.csv, {CONFIG_NAME}, figures/, cells/, checkpoints/, {STORE_NAME}")
+    print(
+        f"\nwrote {out_dir}/table.md, table.csv, {CONFIG_NAME}, figures/, cells/, checkpoints/, {STORE_NAME}"
+    )
 
 
 def _records_for(store: ResultsStore, specs: list[CellSpec]):
@@ -143,11 +151,18 @@ def report(out_dir: Path, *, all_cells: bool = False) -> None:
     config = read_config(out_dir)
     store_path = out_dir / STORE_NAME
     if not store_path.exists():
-        raise UserError(f"{out_dir} holds no {STORE_NAME}; run `uqbench compare --out {out_dir}` first")
+        raise UserError(
+            f"{out_dir} holds no {STORE_NAME}; run `uqbench compare --out {out_dir}` first"
+        )
     with ResultsStore(store_path) as store:
         records = store.records()
     stems = set(config.get("cells", []))
-    chosen = records if all_cells else [r for r in records if f"{r.method}-{r.benchmark}-s{r.seed}-{r.config_hash}" in stems] or records
+    chosen = (
+        records
+        if all_cells
+        else [r for r in records if f"{r.method}-{r.benchmark}-s{r.seed}-{r.config_hash}" in stems]
+        or records
+    )
     seen: dict[tuple[str, str, int], str] = {}
     for r in chosen:
         other = seen.setdefault((r.method, r.benchmark, r.seed), r.config_hash)
@@ -163,11 +178,11 @@ def report(out_dir: Path, *, all_cells: bool = False) -> None:
 
 def evaluate_checkpoint(args: argparse.Namespace) -> None:
     """Load a cell's checkpoint and score it on a benchmark (default: its own) without retraining."""
+    from uqbench.app.outputs import long_table
+    from uqbench.app.runner import build_sampler
+    from uqbench.app.store import CellRecord
     from uqbench.evaluation.harness import evaluate
     from uqbench.evaluation.tables import to_markdown
-    from uqbench.outputs import long_table
-    from uqbench.runner import build_sampler
-    from uqbench.store import CellRecord
 
     path = Path(args.checkpoint)
     if not path.is_file():
@@ -176,7 +191,9 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
         saved = torch.load(path, map_location="cpu", weights_only=True)
         spec_dict, state = saved["spec"], saved["state"]
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UserError(f"{path} is not a uqbench checkpoint ({type(exc).__name__}); pass a file from <out>/checkpoints/") from None
+        raise UserError(
+            f"{path} is not a uqbench checkpoint ({type(exc).__name__}); pass a file from <out>/checkpoints/"
+        ) from None
     benchmark = args.benchmark or spec_dict["benchmark"]
     spec = CellSpec(
         method=spec_dict["method"],
@@ -200,7 +217,19 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
             f"checkpoint was trained on {spec_dict['benchmark']}, whose network does not fit "
             f"{benchmark} ({type(exc).__name__}); evaluate on a benchmark with the same target"
         ) from None
-    result = evaluate(sampler, data, n_samples=spec.n_samples, seed=spec.seed, memory_budget=spec.memory_budget)
-    record = CellRecord(spec.method, benchmark, spec.seed, spec.config_hash, result.metrics, spec.config, str(path), None, [])
+    result = evaluate(
+        sampler, data, n_samples=spec.n_samples, seed=spec.seed, memory_budget=spec.memory_budget
+    )
+    record = CellRecord(
+        spec.method,
+        benchmark,
+        spec.seed,
+        spec.config_hash,
+        result.metrics,
+        spec.config,
+        str(path),
+        None,
+        [],
+    )
     print(to_markdown(long_table([record])))
     print(json.dumps(result.metrics, indent=2, sort_keys=True))

@@ -10,10 +10,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from uqbench.hypergan import HyperGAN
+from uqbench.hypergan.sampler import HyperGAN
 
 
-def _with(overrides: dict[str, Any], presets: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def _with(
+    overrides: dict[str, Any], presets: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
     return {name: {**preset, **overrides} for name, preset in presets.items()}
 
 

@@ -21,9 +21,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from uqbench.app.runner import CellOutcome, spec_as_dict
+from uqbench.app.store import CellRecord, ResultsStore
 from uqbench.errors import UserError
-from uqbench.runner import CellOutcome, spec_as_dict
-from uqbench.store import CellRecord, ResultsStore
 
 STORE_NAME = "results.sqlite"
 CONFIG_NAME = "config.json"
@@ -38,7 +38,9 @@ def prepare_out_dir(path: Path) -> Path:
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as exc:
-        raise UserError(f"--out {path}: cannot write there ({exc.strerror}); choose a writable folder") from None
+        raise UserError(
+            f"--out {path}: cannot write there ({exc.strerror}); choose a writable folder"
+        ) from None
     return path
 
 
@@ -95,15 +97,22 @@ def long_table(records: list[CellRecord]) -> pd.DataFrame:
         for key, value in r.metrics.items():
             view, metric = split_view_metric(key)
             method = r.method if view is None else f"{r.method}:{view}"
-            rows.append({"method": method, "benchmark": r.benchmark, "seed": r.seed, "metric": metric, "value": value})
+            rows.append(
+                {
+                    "method": method,
+                    "benchmark": r.benchmark,
+                    "seed": r.seed,
+                    "metric": metric,
+                    "value": value,
+                }
+            )
     return pd.DataFrame(rows, columns=["method", "benchmark", "seed", "metric", "value"])
 
 
 def render(out_dir: Path, records: list[CellRecord], task_kind: str) -> str:
     """Write table.md, table.csv and the figures for ``records``; return the Markdown table."""
-    from uqbench.evaluation.plots import make_figures
+    from uqbench.evaluation.plots import make_figures, training_history
     from uqbench.evaluation.tables import to_markdown
-    from uqbench.history_plot import plot_history
 
     df = long_table(records)
     df.to_csv(out_dir / "table.csv", index=False)
@@ -118,12 +127,14 @@ def render(out_dir: Path, records: list[CellRecord], task_kind: str) -> str:
     make_figures(cells, figures, task_kind)
     histories = {m: r.history for m, r in first_seed.items() if r.history}
     if histories:
-        plot_history(histories, figures / "training_history.png")
+        training_history(histories, figures / "training_history.png")
     return markdown
 
 
 def read_config(out_dir: Path) -> dict:
     path = out_dir / CONFIG_NAME
     if not path.exists():
-        raise UserError(f"{out_dir} holds no {CONFIG_NAME}: is it the --out folder of `uqbench compare`?")
+        raise UserError(
+            f"{out_dir} holds no {CONFIG_NAME}: is it the --out folder of `uqbench compare`?"
+        )
     return json.loads(path.read_text())

@@ -100,7 +100,7 @@ def run_cell(spec: CellSpec, progress: Progress | None = None) -> CellOutcome:
     reset_peak_memory(spec.device)
     sampler = build_sampler(spec, data)
     start = time.perf_counter()
-    sampler.fit(data.train, seed=spec.seed, progress=progress)
+    sampler.fit(data.train, seed=spec.seed, val=data.val, progress=progress)
     fit_s = time.perf_counter() - start
     evaluation = evaluate(
         sampler, data, n_samples=spec.n_samples, seed=spec.seed, memory_budget=spec.memory_budget
