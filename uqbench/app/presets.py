@@ -1,0 +1,121 @@
+"""Presets files: the configs ``uqbench tune`` selected, which ``compare --presets`` applies.
+
+One JSON file per benchmark (e.g. ``presets/mnist5000.json``)::
+
+    {
+      "format": 1,
+      "benchmark": "mnist5000",
+      "methods": {
+        "hypergan": {
+          "config": {"lr_generator": 0.0002, "beta": 3.0},   # the tuned knobs only
+          "objective": "nll", "best_value": 0.071, "best_trial": 12,
+          "budget": {"trials": 20, "max_fit_s": 300.0, "sampler": "TPE", "seed": 0},
+          "command": "uqbench tune --method hypergan --benchmark mnist5000 --trials 20"
+        }
+      }
+    }
+
+Each tuned method has its own entry, so methods tuned by separate commands share one file
+and the budget of each is recorded beside its result. ``compare`` applies a method's
+``config`` after the method's built-in preset and before ``--set``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from uqbench.errors import UserError
+
+FORMAT = 1
+
+
+@dataclass
+class PresetsFile:
+    """A benchmark's tuned configs: method -> entry (``config`` plus how it was found)."""
+
+    benchmark: str
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def config_of(self, method: str) -> dict[str, Any]:
+        """The tuned settings of ``method`` (empty when it was not tuned)."""
+        return dict(self.methods.get(method, {}).get("config", {}))
+
+    def as_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "benchmark": self.benchmark, "methods": self.methods}
+
+
+def read_presets(path: str | os.PathLike[str]) -> PresetsFile:
+    """Read and check the shape of a presets file (methods and fields are checked by the
+    caller against the registry, see :func:`check_presets`)."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"presets file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(
+            f"presets file {path} is not valid JSON ({exc}); re-create it with `uqbench tune`"
+        ) from None
+    if (
+        not isinstance(raw, dict)
+        or raw.get("format") != FORMAT
+        or not isinstance(raw.get("methods"), dict)
+    ):
+        raise UserError(
+            f"presets file {path} is not a uqbench presets file (format {FORMAT}); re-create it with `uqbench tune`"
+        )
+    benchmark = raw.get("benchmark")
+    if not isinstance(benchmark, str):
+        raise UserError(f"presets file {path} names no benchmark")
+    for method, entry in raw["methods"].items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+            raise UserError(f"presets file {path}: the entry of {method!r} has no 'config' object")
+    return PresetsFile(benchmark=benchmark, methods=raw["methods"])
+
+
+def check_presets(
+    presets: PresetsFile, benchmark: str, known_fields: dict[str, set[str]], path: Any
+) -> None:
+    """Refuse presets for another benchmark, an unknown method, or an unknown field.
+
+    ``known_fields``: method name -> its config's field names, for every method the
+    caller can load (every registered method, not only those compared).
+    """
+    if presets.benchmark != benchmark:
+        raise UserError(
+            f"presets file {path} was tuned on {presets.benchmark}, not {benchmark}; pass the presets of {benchmark}"
+        )
+    for method, entry in presets.methods.items():
+        if method not in known_fields:
+            raise UserError(
+                f"presets file {path} names unknown method {method!r}; see `uqbench list`"
+            )
+        unknown = sorted(set(entry["config"]) - known_fields[method])
+        if unknown:
+            raise UserError(f"presets file {path}: {method} has no setting {', '.join(unknown)}")
+
+
+def write_method_entry(
+    path: str | os.PathLike[str], benchmark: str, method: str, entry: dict[str, Any]
+) -> PresetsFile:
+    """Add or replace ``method``'s entry in the presets file at ``path`` (created if absent),
+    written atomically so a reader never sees half a file."""
+    path = Path(path)
+    presets = read_presets(path) if path.exists() else PresetsFile(benchmark=benchmark)
+    if presets.benchmark != benchmark:
+        raise UserError(
+            f"presets file {path} holds {presets.benchmark}'s presets, not {benchmark}'s; write to another file"
+        )
+    presets.methods[method] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        "w", dir=path.parent, prefix=f".{path.name}.", delete=False
+    ) as tmp:
+        tmp.write(json.dumps(presets.as_json(), indent=2, sort_keys=True) + "\n")
+    os.replace(tmp.name, path)
+    return presets
