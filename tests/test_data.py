@@ -15,6 +15,7 @@ import struct
 import sys
 import tarfile
 import types
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -774,3 +775,121 @@ def test_real_fashion_mnist_files() -> None:
     assert (
         np.bincount(train_y).tolist() == [6000] * 10 and np.bincount(test_y).tolist() == [1000] * 10
     )
+
+
+# --- what the data holds: labels, empty files, decompression bombs -------------------------
+def png_bomb(path: Path, side: int = 40_000) -> Path:
+    """A valid PNG header for a ``side`` x ``side`` 1-bit image in a few hundred bytes:
+    decoding it would need gigabytes (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    rows = zlib.compress(b"\0" * (1 + side // 8) * 4)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def _one_line(info: pytest.ExceptionInfo[UserError]) -> str:
+    message = str(info.value)
+    assert "\n" not in message and message
+    return message
+
+
+def test_out_of_range_test_label_fails_the_load_naming_the_file(tmp_path: Path) -> None:
+    mnist_style(tmp_path, "MNIST/raw", "train", n=20, seed=1)
+    mnist_style(tmp_path, "MNIST/raw", "test", n=4, seed=2)
+    mnist_ood_sets(tmp_path)
+    labels = tmp_path / "MNIST/raw/t10k-labels-idx1-ubyte.gz"
+    labels.unlink()
+    write_idx(labels.with_suffix(""), np.array([3, 10, 1, 255], np.uint8), gz=True)
+    with pytest.raises(UserError) as info:
+        load_benchmark("mnist", data_root=tmp_path, download=False)
+    message = _one_line(info)
+    assert str(labels) in message and "label 10 at item 1" in message and "0..9" in message
+    assert "2 such label(s)" in message
+
+
+def test_out_of_range_cifar_and_svhn_labels_are_refused(tmp_path: Path) -> None:
+    write_cifar(tmp_path, np.random.default_rng(1))
+    batch = tmp_path / "cifar-10-batches-py" / "test_batch"
+    entry = {"data": random_images(np.random.default_rng(0), 2, 3072), "labels": [0, 12]}
+    batch.write_bytes(pickle.dumps(entry))
+    with pytest.raises(
+        UserError, match=r"cifar-10-batches-py \(test batches\): label 12 at item 1"
+    ):
+        load_benchmark("cifar5", data_root=tmp_path, download=False)
+    svhn = tmp_path / "SVHN" / "test_32x32.mat"
+    write_svhn(svhn, random_images(np.random.default_rng(2), 2, 3, 32, 32), np.array([1, 2]))
+    from scipy.io import loadmat, savemat
+
+    mat = loadmat(svhn)
+    savemat(svhn, {"X": mat["X"], "y": np.array([[1], [11]], np.uint8)})
+    with pytest.raises(UserError, match=r"test_32x32.mat: labels must be 1\.\.10"):
+        read_svhn(svhn)
+
+
+@pytest.mark.parametrize(
+    ("shape", "what"),
+    [((3, 0, 0), "holds no images"), ((0, 28, 28), "holds no images"), ((0,), "holds no labels")],
+)
+def test_empty_idx_files_are_user_errors(tmp_path: Path, shape: tuple[int, ...], what: str) -> None:
+    path = write_idx(tmp_path / "empty-idx-ubyte", np.zeros(shape, np.uint8), gz=True)
+    reader = read_idx_labels if len(shape) == 1 else read_idx_images
+    with pytest.raises(UserError, match=f"{path.name}: IDX file {what}"):
+        reader(path)
+    if len(shape) == 3:  # as a user's --ood set and as a benchmark's test set
+        with pytest.raises(UserError, match=what):
+            load_benchmark(DEFAULT_BENCHMARK, extra_ood={"e": str(path)}, download=False)
+        write_idx(
+            tmp_path / "MNIST/raw/t10k-images-idx3-ubyte", np.zeros(shape, np.uint8), gz=False
+        )
+        write_idx(tmp_path / "MNIST/raw/t10k-labels-idx1-ubyte", np.zeros(3, np.uint8), gz=False)
+        mnist_ood_sets(tmp_path)
+        with pytest.raises(UserError) as info:
+            load_benchmark("mnist5000", data_root=tmp_path, download=False)
+        assert "t10k-images-idx3-ubyte" in _one_line(info)
+
+
+def test_garbage_idx_is_a_user_error(tmp_path: Path) -> None:
+    path = tmp_path / "garbage-idx3-ubyte"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(UserError, match="garbage-idx3-ubyte is not an IDX file"):
+        read_idx_images(path)
+    huge = tmp_path / "huge-idx3-ubyte"  # header promises 2^32-1 x 2^32-1 x 2^32-1 bytes
+    huge.write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">3I", *[2**32 - 1] * 3) + b"\0" * 16)
+    with pytest.raises(UserError, match="huge-idx3-ubyte: truncated or corrupt IDX file"):
+        read_idx_images(huge)
+
+
+def test_decompression_bomb_png_is_refused(tmp_path: Path) -> None:
+    bomb = png_bomb(tmp_path / "ood" / "a" / "bomb.png")
+    write_png(
+        tmp_path / "ood" / "a" / "fine.png", random_images(np.random.default_rng(0), 1, 1, 8, 8)[0]
+    )
+    with pytest.raises(UserError) as info:
+        load_ood_images(tmp_path / "ood", channels=1, size=(28, 28))
+    message = _one_line(info)
+    assert message.startswith(f"refusing image {bomb}") and "decompression bomb" in message
+    # inside a benchmark's image folder too
+    root = tmp_path / "root" / "cifar10-jpeg"
+    _cifar_jpeg_tree(root, np.random.default_rng(1))
+    png_bomb(root / "train" / "cat" / "0001.png")
+    with pytest.raises(UserError, match=r"refusing image .*0001\.png"):
+        load_benchmark("cifar10-jpeg", data_root=tmp_path / "root", download=False)
+
+
+def test_image_above_pillows_warning_limit_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between MAX_IMAGE_PIXELS and twice that Pillow only warns; uqbench refuses it too."""
+    path = tmp_path / "big.png"
+    write_png(path, random_images(np.random.default_rng(0), 1, 1, 12, 12)[0])  # 144 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(UserError, match=r"refusing image .*big\.png.*exceeds limit of 100"):
+        read_image_files(tmp_path, channels=1, size=(8, 8))
