@@ -893,3 +893,24 @@ def test_image_above_pillows_warning_limit_is_refused(
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
     with pytest.raises(UserError, match=r"refusing image .*big\.png.*exceeds limit of 100"):
         read_image_files(tmp_path, channels=1, size=(8, 8))
+
+
+@needs_shared
+@needs_fashion
+def test_real_mnist_and_emnist_letters(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(search.ENV_VAR, str(SHARED_DATA))
+    monkeypatch.setattr(search, "SYSTEM_DATA_DIRS", (FASHION_SYSTEM.parent,))
+    data = load_benchmark("mnist", download=False)
+    assert data.val is not None and (len(data.train), len(data.val)) == (55_000, 5000)
+    assert torch.bincount(data.val.tensors[1]).tolist() == [
+        494, 562, 496, 511, 487, 452, 493, 522, 487, 496
+    ]  # fmt: skip
+    assert list(data.ood) == ["notmnist", "fashion-mnist", "emnist-letters"]
+    letters = data.ood["emnist-letters"]
+    assert letters.shape == (20_800, 1, 28, 28)
+    assert data.split_info["test"]["sha256"] == "9e1c19b3fdc18541"
+    assert len(data.files_read) == 10 and all(Path(p).is_file() for p in data.files_read)
+    # the published file stores each letter transposed; the benchmark sees it upright
+    x, _, _ = datasets.idx_set("emnist-letters", "test", DataSearch(SHARED_DATA, download=False))
+    raw = read_idx_images(SHARED_DATA / "EMNIST/raw/emnist-letters-test-images-idx3-ubyte.gz")
+    np.testing.assert_array_equal(x, raw.transpose(0, 2, 1))

@@ -315,7 +315,8 @@ def _cifar_benchmark(
     classes = 5 if five else 10
     kept = np.flatnonzero(train_y < classes)
     test_kept = np.flatnonzero(test_y < classes)
-    of = f"CIFAR-10 train ({len(train_y)} images)"
+    pixels = name.removeprefix("cifar5").removeprefix("cifar10")  # "" or "-jpeg"
+    of = f"CIFAR-10{pixels} train ({len(train_y)} images)"
     train, val = _hold_out_val(train_y, kept, val_size(len(kept)), of)
     which = ": classes 0-4" if five else ""
     data = _classification(
@@ -326,7 +327,7 @@ def _cifar_benchmark(
         train=train,
         val=val,
         test_set=test_set,
-        test=_Split(test_kept, f"CIFAR-10 test ({len(test_y)} images)", None),
+        test=_Split(test_kept, f"CIFAR-10{pixels} test ({len(test_y)} images)", None),
         sources={
             "train": f"{train_src}{which}, less val",
             "val": f"{train_src}{which}: {_val_note(val, len(kept))}",
