@@ -21,7 +21,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from uqbench.data import datasets
@@ -159,7 +159,7 @@ class _Split:
 def _classification(
     name: str,
     num_classes: int,
-    make_target: Callable[[], object],
+    make_target: Callable[[], nn.Module],
     *,
     pool: datasets.Arrays,
     train: _Split,
@@ -175,7 +175,7 @@ def _classification(
     return BenchmarkData(
         name=name,
         task=Task(kind="classification", num_classes=num_classes),
-        make_target=make_target,  # type: ignore[arg-type]
+        make_target=make_target,
         train=_labelled(x[train.indices], y[train.indices]),
         val=_labelled(x[val.indices], y[val.indices]),
         test=_labelled(test_x[test.indices], test_y[test.indices]),
