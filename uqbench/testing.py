@@ -70,28 +70,51 @@ def tiny_regression(n: int = 64, seed: int = 0) -> TensorDataset:
 
 
 def tiny_benchmark(kind: str = "classification") -> BenchmarkData:
-    """A complete BenchmarkData for end-to-end tests: 'classification' (with an OOD set) or 'regression'."""
+    """A complete BenchmarkData for end-to-end tests: 'classification' (with an OOD set) or
+    'regression', each with a small validation split (a fresh draw of the training
+    generator) so every method's selection on ``val`` runs in its tests."""
+    sources = {"train": "generated", "val": "generated", "test": "generated"}
     if kind == "regression":
         grid = torch.linspace(-4, 4, 81).unsqueeze(1)
+        train, val = tiny_regression(), tiny_regression(32, seed=2)
+        test = TensorDataset(grid, torch.sin(2 * grid[:, 0]))
         return BenchmarkData(
             name="tiny-regression",
             task=Task(kind="regression", noise_std=0.1),
             make_target=tiny_regression_target,
-            train=tiny_regression(),
-            test=TensorDataset(grid, torch.sin(2 * grid[:, 0])),
+            train=train,
+            val=val,
+            test=test,
             train_range=(-2.0, 2.0),
-            sources={"train": "generated", "test": "generated"},
+            sources=sources,
+            split_info=_split_info(train, val, test, test_seed=None),
         )
     g = torch.Generator().manual_seed(1)
+    train, val, test = tiny_images(300, seed=0), tiny_images(60, seed=2), tiny_images(120, seed=1)
     return BenchmarkData(
         name="tiny",
         task=Task(num_classes=3),
         make_target=tiny_target,
-        train=tiny_images(300, seed=0),
-        test=tiny_images(120, seed=1),
+        train=train,
+        val=val,
+        test=test,
         ood={"noise": torch.rand(120, 1, TINY_IMAGE, TINY_IMAGE, generator=g)},
-        sources={"train": "generated", "test": "generated", "noise": "generated"},
+        sources=sources | {"ood/noise": "generated"},
+        split_info=_split_info(train, val, test, test_seed=1),
     )
+
+
+def _split_info(
+    train: TensorDataset, val: TensorDataset, test: TensorDataset, *, test_seed: int | None
+) -> dict[str, dict[str, object]]:
+    """Sizes and value hashes of the generated splits (seeds 0, 2 and ``test_seed``)."""
+    from uqbench.data.registry import values_entry
+
+    return {
+        "train": values_entry(train, 0),
+        "val": values_entry(val, 2),
+        "test": values_entry(test, test_seed),
+    }
 
 
 def make_tiny_sampler(

