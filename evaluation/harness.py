@@ -9,11 +9,17 @@ Metric names (values as fractions, entropies in nats):
 
 - classification: ``acc``, ``acc@k`` (k in 1, 5, 10, 100 with k ≤ n), ``nll``, ``brier``,
   ``ece``, ``auroc/<ood>/<score>``, ``aupr/<ood>/<score>``, ``fpr95/<ood>/<score>``
-  (score in entropy, mi, maxprob), ``disagreement``;
+  (score in entropy, mi, maxprob), ``disagreement@k``, ``pairwise_disagreement@k``;
 - regression: ``rmse``, ``gnll``, ``std_in``, ``std_out``;
 - always: ``n_samples`` (n actually drawn; capped at ``sampler.max_samples``),
-  ``diversity_l2_rel_std``, ``sample_eval_s`` (wall time to draw the n weight sets and
+  ``diversity_l2_rel_std@k``, ``sample_eval_s`` (wall time to draw the n weight sets and
   run them on test + OOD), and whatever the sampler puts in ``extra_metrics``;
+- diversity is reported at equal n for every method: ``@5`` on the first 5 of the drawn
+  networks (a 5-member ensemble's M) and ``@100`` on the first 100 where the draw has 100
+  (:func:`uqbench.evaluation.metrics.diversity_at`; a draw of n < 5 reports ``@n``).
+  Stores written before diversity was reported at equal n hold ``disagreement`` and
+  ``diversity_l2_rel_std`` (population std) over all n drawn networks; tables still show
+  them under those names, but they compare only at equal ``n_samples``;
 - every metric of each of ``sampler.reference_views()`` (e.g. APD's teacher), scored the
   same way with the same seed, as ``<view>:<metric>`` (:func:`split_view_metric`).
 
@@ -131,7 +137,8 @@ def evaluate(
         _classification(result, test_log_probs, y_test, ood_log_probs)
     else:
         _regression(result, test_outputs, x_test, y_test, data)
-    result.metrics["diversity_l2_rel_std"] = M.diversity_l2_rel_std(weights)
+    per_network = test_log_probs.double().exp() if data.task.is_classification else None
+    result.metrics.update(M.diversity_at(per_network, weights))
     result.metrics["n_samples"] = float(n)
     result.metrics["sample_eval_s"] = elapsed
     result.metrics.update({k: float(v) for k, v in sampler.extra_metrics.items()})
@@ -162,7 +169,6 @@ def _classification(
     m["brier"] = M.brier_score(pbar, labels)
     bins = M.reliability_bins(pbar, labels)
     m["ece"] = bins.ece
-    m["disagreement"] = M.disagreement(probs)
     for name, ood_lp in ood_log_probs.items():
         for key, value in M.ood_detection(probs, ood_lp.double().exp()).items():
             metric, score = key.split("/")

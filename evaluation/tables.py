@@ -16,7 +16,11 @@ from uqbench.errors import UserError
 LONG_COLUMNS = ("method", "benchmark", "seed", "metric", "value")
 
 _HEAD = ["acc", "acc@1", "acc@5", "acc@10", "acc@100", "nll", "brier", "ece"]
-_DIVERSITY = ["diversity_l2_rel_std", "disagreement"]
+_DIVERSITY = [
+    f"{name}@{k}"
+    for k in (5, 100)
+    for name in ("pairwise_disagreement", "disagreement", "diversity_l2_rel_std")
+] + ["diversity_l2_rel_std", "disagreement"]  # the last two: stores from before equal n
 _REGRESSION = ["rmse", "gnll", "std_in", "std_out"]
 _COST = ["n_samples", "params", "fit_s", "sample_eval_s", "peak_mb"]
 #: Decimals per metric when rendered; everything else gets 4.
