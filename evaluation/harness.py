@@ -44,6 +44,7 @@ from uqbench.evaluation import regression as R
 from uqbench.functional import DEFAULT_MEMORY_BUDGET, batched_predict
 from uqbench.measure import synchronize
 from uqbench.sampler import WeightSampler
+from uqbench.testing import check_samples
 from uqbench.training import as_tensors
 
 #: Joins a reference view's name and its metric (``teacher:acc``).
@@ -99,8 +100,31 @@ def evaluate(
 
     ``n_samples`` is capped at ``sampler.max_samples`` (an ensemble of 5 reports acc@1 and
     acc@5 only); the count used is the ``n_samples`` metric. Runs on ``sampler.device``;
-    inputs are moved there chunk by chunk.
+    inputs are moved there chunk by chunk. Every draw (the sampler's and each reference
+    view's) is checked against the sampler contract before it is scored
+    (:func:`uqbench.testing.check_samples`): a UserError names the method and the
+    parameter when a key is missing or extra, a shape, dtype or device is wrong, or a
+    weight is not finite.
     """
+    return _evaluate(
+        sampler,
+        data,
+        n_samples=n_samples,
+        seed=seed,
+        memory_budget=memory_budget,
+        label=getattr(sampler, "name", type(sampler).__name__),
+    )
+
+
+def _evaluate(
+    sampler: WeightSampler,
+    data: BenchmarkData,
+    *,
+    n_samples: int,
+    seed: int,
+    memory_budget: int,
+    label: str,
+) -> Evaluation:
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise UserError(f"asked for {n_samples!r} sampled networks; use a whole number >= 1")
     n = n_samples if sampler.max_samples is None else min(n_samples, sampler.max_samples)
@@ -112,7 +136,9 @@ def evaluate(
     generator = torch.Generator(device="cpu")
     generator.manual_seed(seed)
     start = time.perf_counter()
-    weights = {k: v.detach().to(device) for k, v in sampler.sample(n, generator=generator).items()}
+    draw = sampler.sample(n, generator=generator)
+    check_samples(draw, target, n, device=device, label=label)
+    weights = {k: v.detach() for k, v in draw.items()}
     if data.task.is_classification:
 
         def predict(x: Tensor) -> Tensor:
@@ -143,7 +169,14 @@ def evaluate(
     result.metrics["sample_eval_s"] = elapsed
     result.metrics.update({k: float(v) for k, v in sampler.extra_metrics.items()})
     for name, view in sampler.reference_views().items():
-        scored = evaluate(view, data, n_samples=n_samples, seed=seed, memory_budget=memory_budget)
+        scored = _evaluate(
+            view,
+            data,
+            n_samples=n_samples,
+            seed=seed,
+            memory_budget=memory_budget,
+            label=f"{label}{VIEW_SEPARATOR}{name}",
+        )
         result.metrics.update({f"{name}{VIEW_SEPARATOR}{k}": v for k, v in scored.metrics.items()})
     return result
 
