@@ -1,7 +1,8 @@
 """Comparison tables from long-format results (columns method, benchmark, seed, metric, value).
 
 The CSV keeps raw values; the Markdown table shows mean ± std over seeds (sample std,
-ddof = 1; a single seed shows just the value), fractions with 4 decimals.
+ddof = 1; a single seed shows just the value), fractions with 4 decimals, and in its
+``seeds`` column how many seeds each row averages and which (``3 (0,1,2)``).
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ def to_markdown(df: pd.DataFrame, *, metrics: Sequence[str] | None = None) -> st
 
     ``df`` is the long format. ``metrics`` picks and orders the columns (default:
     :func:`default_metrics`). Cells are ``mean ± std`` over seeds, ``—`` when a method has
-    no value for that metric (e.g. ``acc@10`` for a 5-member ensemble).
+    no value for that metric (e.g. ``acc@10`` for a 5-member ensemble). The ``seeds``
+    column gives the number of seeds and their list.
     """
     summary = summary_table(df)
     available = list(dict.fromkeys(summary["metric"]))
@@ -107,11 +109,18 @@ def to_markdown(df: pd.DataFrame, *, metrics: Sequence[str] | None = None) -> st
     keys = list(dict.fromkeys(zip(summary["benchmark"], summary["method"], strict=True)))
     several = len({b for b, _ in keys}) > 1
 
-    header = (["benchmark"] if several else []) + ["method"] + columns
+    seeds = df.groupby(["benchmark", "method"], sort=False)["seed"].agg(
+        lambda v: sorted({int(s) for s in v})
+    )
+    header = (["benchmark"] if several else []) + ["method", "seeds"] + columns
     numeric = [False] * (len(header) - len(columns)) + [True] * len(columns)
     rows = []
     for benchmark, method in keys:
-        row = ([benchmark] if several else []) + [method]
+        used = seeds[(benchmark, method)]
+        row = ([benchmark] if several else []) + [
+            method,
+            f"{len(used)} ({','.join(map(str, used))})",
+        ]
         for metric in columns:
             r = index.get((benchmark, method, metric))
             row.append("—" if r is None else _cell(r.mean, r.std, _DECIMALS.get(metric, 4)))

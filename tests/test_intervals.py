@@ -185,3 +185,38 @@ def test_same_seed_gives_the_same_interval() -> None:
     one = paired_bootstrap({"a": [a]}, [b], replicates=100, seed=3)["a"]
     two = paired_bootstrap({"a": [a]}, [b], replicates=100, seed=3)["a"]
     assert one.equals(two)
+
+
+def test_report_baseline_writes_the_difference_table(tmp_path, capsys) -> None:
+    import json
+
+    from uqbench.app.cli import main
+    from uqbench.app.outputs import STORE_NAME, prepare_out_dir, save_outcome
+    from uqbench.app.runner import CellOutcome, CellSpec
+    from uqbench.app.store import ResultsStore
+
+    rng = np.random.default_rng(9)
+    out = prepare_out_dir(tmp_path / "run")
+    labels = rng.integers(0, 4, size=200)
+    stems = []
+    with ResultsStore(out / STORE_NAME) as store:
+        for method in ("ensemble", "hypergan"):
+            for seed in (0, 1):
+                arrays = _cell(rng)
+                arrays["test_labels"] = labels
+                spec = CellSpec(method=method, benchmark="tiny", seed=seed, config={})
+                metrics = {"acc": float(np.mean(arrays["test_probs"].argmax(1) == labels))}
+                bins = M.reliability_bins(arrays["test_probs"].astype(np.float64), labels)
+                arrays["acc_curve"] = np.array([metrics["acc"]])
+                for key in ("edges", "confidence", "accuracy", "count"):
+                    arrays[f"reliability/{key}"] = getattr(bins, key)
+                save_outcome(out, CellOutcome(spec, metrics, arrays, {}), store)
+                stems.append(spec.file_stem)
+    (out / "config.json").write_text(json.dumps({"cells": stems, "task": "classification"}))
+    assert main(["report", str(out), "--baseline", "ensemble"]) == 0
+    text = (out / "differences.md").read_text()
+    assert text.startswith("Difference to ensemble") and "| hypergan | 0,1 |" in text
+    assert "auroc/far/entropy" in text and "| ensemble |" not in text
+    assert "Difference to ensemble" in capsys.readouterr().out
+    assert main(["report", str(out), "--baseline", "nosuch"]) == 2
+    assert "--baseline nosuch: no cell of that method" in capsys.readouterr().err
