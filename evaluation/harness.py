@@ -10,7 +10,8 @@ Metric names (values as fractions, entropies in nats):
 - classification: ``acc``, ``acc@k`` (k in 1, 5, 10, 100 with k ≤ n), ``nll``, ``brier``,
   ``ece``, ``auroc/<ood>/<score>``, ``aupr/<ood>/<score>``, ``fpr95/<ood>/<score>``
   (score in entropy, mi, maxprob), ``disagreement@k``, ``pairwise_disagreement@k``;
-- regression: ``rmse``, ``gnll``, ``std_in``, ``std_out``;
+- regression: ``rmse``, ``gnll``, ``std_in``, ``std_out``, ``coverage68``, ``coverage95``
+  and, with a training range, ``coverage68_in`` / ``_out``, ``coverage95_in`` / ``_out``;
 - always: ``n_samples`` (n actually drawn; capped at ``sampler.max_samples``),
   ``diversity_l2_rel_std@k``, ``sample_eval_s`` (wall time to draw the n weight sets and
   run them on test + OOD), and whatever the sampler puts in ``extra_metrics``;
@@ -228,6 +229,7 @@ def _regression(
     m["gnll"] = R.gaussian_nll(pred, y)
     if data.train_range is not None:
         m.update(R.std_inside_outside(pred, x, data.train_range))
+    m.update(R.coverage(outputs, data.task, x, y, data.train_range))
 
     if x.reshape(len(x), -1).shape[1] != 1:
         return  # the bands figure is for 1-D inputs only

@@ -22,7 +22,9 @@ _DIVERSITY = [
     for k in (5, 100)
     for name in ("pairwise_disagreement", "disagreement", "diversity_l2_rel_std")
 ] + ["diversity_l2_rel_std", "disagreement"]  # the last two: stores from before equal n
-_REGRESSION = ["rmse", "gnll", "std_in", "std_out"]
+_REGRESSION = ["rmse", "gnll", "std_in", "std_out"] + [
+    f"coverage{level}{side}" for level in (68, 95) for side in ("", "_in", "_out")
+]
 _COST = ["n_samples", "params", "fit_s", "sample_eval_s", "peak_mb"]
 #: Decimals per metric when rendered; everything else gets 4.
 _DECIMALS = {"n_samples": 0, "params": 0, "fit_s": 1, "sample_eval_s": 2, "peak_mb": 1}

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -271,6 +272,13 @@ def test_regression_matches_a_naive_loop(heteroscedastic: bool) -> None:
     inside = (xs >= -4) & (xs <= 4)
     assert m["std_in"] == pytest.approx(np.sqrt(epistemic[inside]).mean(), rel=1e-4)
     assert m["std_out"] == pytest.approx(np.sqrt(epistemic[~inside]).mean(), rel=1e-4)
+    # Coverage of the exact mixture's central intervals: F(y) in [(1-l)/2, (1+l)/2].
+    cdf = norm.cdf((yy[None] - mu) / np.sqrt(noise)).mean(0)
+    for level, name in ((0.68, "coverage68"), (0.95, "coverage95")):
+        covered = (cdf >= (1 - level) / 2) & (cdf <= (1 + level) / 2)
+        assert m[name] == pytest.approx(covered.mean())
+        assert m[f"{name}_in"] == pytest.approx(covered[inside].mean())
+        assert m[f"{name}_out"] == pytest.approx(covered[~inside].mean())
     assert not any(k.startswith(("acc", "auroc", "nll")) for k in m)
 
     a = result.arrays

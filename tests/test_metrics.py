@@ -323,3 +323,51 @@ def test_std_inside_outside_is_mean_epistemic_std() -> None:
         {"std_in": 0.0, "std_out": 2.0}
     )
     assert R.std_inside_outside(pred, x, (-6.0, 6.0)) == pytest.approx({"std_in": 4 / 3})
+
+
+def test_coverage_of_one_gaussian_hand_worked() -> None:
+    # One network, mean 0, noise σ = 1: 68 % interval ±0.9945, 95 % interval ±1.9600.
+    y = torch.tensor([0.0, 0.5, 1.5, 2.5, -1.2, -0.99])
+    outputs = torch.zeros(1, 6, 1)
+    task = Task("regression", noise_std=1.0)
+    x = torch.tensor([[-3.0], [-1.0], [0.0], [1.0], [2.0], [3.0]])
+    cov = R.coverage(outputs, task, x, y, train_range=(-1.0, 1.0))
+    # Inside [-1, 1]: y = 0.5, 1.5, 2.5 (x = -1, 0, 1). Outside: 0.0, -1.2, -0.99.
+    assert cov["coverage68"] == pytest.approx(3 / 6)  # 0, 0.5, -0.99
+    assert cov["coverage95"] == pytest.approx(5 / 6)  # all but 2.5
+    assert cov["coverage68_in"] == pytest.approx(1 / 3)
+    assert cov["coverage68_out"] == pytest.approx(2 / 3)
+    assert cov["coverage95_in"] == pytest.approx(2 / 3)
+    assert cov["coverage95_out"] == pytest.approx(1.0)
+    assert set(R.coverage(outputs, task, x, y)) == {"coverage68", "coverage95"}
+    inside_only = R.coverage(outputs, task, x, y, train_range=(-5.0, 5.0))
+    assert "coverage68_out" not in inside_only and inside_only["coverage68_in"] == 0.5
+
+
+def test_coverage_uses_the_exact_mixture_against_scipy_quantiles() -> None:
+    from scipy.optimize import brentq
+
+    # Two networks at ±1 with σ = 0.3 (heteroscedastic output): a bimodal predictive.
+    rng = np.random.default_rng(13)
+    size = 200
+    mu = np.stack([np.full(size, -1.0), np.full(size, 1.0)])
+    log_var = np.full((2, size), 2 * np.log(0.3))
+    outputs = torch.from_numpy(np.stack([mu, log_var], -1))
+    task = Task("regression", heteroscedastic=True)
+    y = rng.uniform(-2.5, 2.5, size=size)
+
+    def cdf(t: float) -> float:
+        return float(np.mean(norm.cdf((t - mu[:, 0]) / 0.3)))
+
+    cov = R.coverage(outputs, task, torch.zeros(size, 1), torch.from_numpy(y))
+    for level in (0.68, 0.95):
+        lo = brentq(lambda t, q=(1 - level) / 2: cdf(t) - q, -10, 10)
+        hi = brentq(lambda t, q=(1 + level) / 2: cdf(t) - q, -10, 10)
+        want = np.mean((y >= lo) & (y <= hi))
+        assert cov[f"coverage{round(100 * level)}"] == pytest.approx(want)
+    # 68 %: the mixture's interval is ±1.14 (F(1.14) = 0.5 + 0.5 Φ(0.47) = 0.84), the
+    # moment-matched Gaussian N(0, 1.09)'s ±1.04. y = 1.1 is inside the first only, 1.6
+    # inside neither: the mixture covers 1 of 2 where the Gaussian would cover 0.
+    point = R.coverage(outputs[:, :2], task, torch.zeros(2, 1), torch.tensor([1.1, 1.6]))
+    assert point["coverage68"] == 0.5
+    assert norm.cdf(1.1, scale=np.sqrt(1.09)) > 0.84
