@@ -340,7 +340,14 @@ def difference_table(
     return table[list(DIFF_COLUMNS)].reset_index(drop=True)
 
 
-def difference_markdown(table: pd.DataFrame, baseline: str, *, level: float = 0.95) -> str:
+def difference_markdown(
+    table: pd.DataFrame,
+    baseline: str,
+    *,
+    level: float = 0.95,
+    replicates: int = DEFAULT_REPLICATES,
+    seed: int = 0,
+) -> str:
     """The difference table as Markdown: one row per method, ``diff [low, high]`` per metric,
     bold where the interval excludes 0."""
     from uqbench.evaluation.tables import render_markdown
@@ -365,7 +372,8 @@ def difference_markdown(table: pd.DataFrame, baseline: str, *, level: float = 0.
     numeric = [False, False] + [True] * len(metrics)
     intro = (
         f"Difference to {baseline} (method − {baseline}), {level:.0%} paired bootstrap "
-        "interval over seeds and test points; **bold**: the interval excludes 0."
+        f"interval over seeds and test points (B = {replicates}, bootstrap seed {seed}); "
+        "**bold**: the interval excludes 0."
     )
     return intro + "\n\n" + render_markdown(header, rows, numeric)
 
@@ -380,4 +388,4 @@ def baseline_report(
     """``uqbench report DIR --baseline METHOD``: the Markdown difference table of a results
     folder's cells ((method, seed) -> arrays)."""
     table = difference_table(cells, baseline, replicates=replicates, seed=seed)
-    return difference_markdown(table, baseline)
+    return difference_markdown(table, baseline, replicates=replicates, seed=seed)
