@@ -74,6 +74,10 @@ class _Cell:
         if p.ndim != 2 or len(p) != len(y):
             raise UserError(f"{label}: test_probs {p.shape} does not match test_labels {y.shape}")
         self.labels = y
+        self.finite = bool(np.isfinite(p).all()) and all(
+            np.isfinite(v).all() for k, v in arrays.items() if k.startswith("ood_probs/")
+        )
+        p = np.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0)  # its results are NaN-ed
         rows = np.arange(len(y))
         picked = p[rows, y]
         conf = p.max(1)
@@ -227,7 +231,8 @@ def paired_bootstrap(
     ``methods``: name -> that method's cell arrays, one per seed, in the same seed order
     as ``baseline``. All methods share the same resamples. Returns name -> a frame with
     columns ``metric, diff, low, high, excludes_zero`` (one row per metric that every
-    cell has: acc, nll, brier, ece, auroc/<ood>/<score>).
+    cell has: acc, nll, brier, ece, auroc/<ood>/<score>). A method (or baseline) with a
+    non-finite probability in any cell gets NaN throughout.
     """
     if replicates < 1 or not 0 < level < 1:
         raise UserError(f"replicates {replicates} must be >= 1 and level {level} in (0, 1)")
@@ -278,6 +283,8 @@ def paired_bootstrap(
     for name in cells:
         reps = sums[name] / n_seeds
         low, high = np.quantile(reps, [alpha, 1 - alpha], axis=0)
+        if not all(c.finite for c in [*cells[name], *base]):  # a diverged cell: no number
+            point[name] = low = high = np.full(len(names), np.nan)
         out[name] = pd.DataFrame(
             {
                 "metric": names,

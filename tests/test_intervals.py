@@ -178,6 +178,15 @@ def test_bad_inputs_are_user_errors() -> None:
         paired_bootstrap({"a": [a]}, [a], replicates=0)
 
 
+def test_a_diverged_cell_gives_nan_not_a_number_from_garbage() -> None:
+    rng = np.random.default_rng(10)
+    a, b = _cell(rng), _cell(rng)
+    b["test_labels"] = a["test_labels"]
+    a["test_probs"][3] = np.nan
+    out = paired_bootstrap({"a": [a]}, [b], replicates=20)["a"]
+    assert out[["diff", "low", "high"]].isna().all().all() and not out["excludes_zero"].any()
+
+
 def test_same_seed_gives_the_same_interval() -> None:
     rng = np.random.default_rng(8)
     a, b = _cell(rng), _cell(rng)
