@@ -9,11 +9,18 @@ Metric names (values as fractions, entropies in nats):
 
 - classification: ``acc``, ``acc@k`` (k in 1, 5, 10, 100 with k ≤ n), ``nll``, ``brier``,
   ``ece``, ``auroc/<ood>/<score>``, ``aupr/<ood>/<score>``, ``fpr95/<ood>/<score>``
-  (score in entropy, mi, maxprob), ``disagreement``;
-- regression: ``rmse``, ``gnll``, ``std_in``, ``std_out``;
+  (score in entropy, mi, maxprob), ``disagreement@k``, ``pairwise_disagreement@k``;
+- regression: ``rmse``, ``gnll``, ``std_in``, ``std_out``, ``coverage68``, ``coverage95``
+  and, with a training range, ``coverage68_in`` / ``_out``, ``coverage95_in`` / ``_out``;
 - always: ``n_samples`` (n actually drawn; capped at ``sampler.max_samples``),
-  ``diversity_l2_rel_std``, ``sample_eval_s`` (wall time to draw the n weight sets and
+  ``diversity_l2_rel_std@k``, ``sample_eval_s`` (wall time to draw the n weight sets and
   run them on test + OOD), and whatever the sampler puts in ``extra_metrics``;
+- diversity is reported at equal n for every method: ``@5`` on the first 5 of the drawn
+  networks (a 5-member ensemble's M) and ``@100`` on the first 100 where the draw has 100
+  (:func:`uqbench.evaluation.metrics.diversity_at`; a draw of n < 5 reports ``@n``).
+  Stores written before diversity was reported at equal n hold ``disagreement`` and
+  ``diversity_l2_rel_std`` (population std) over all n drawn networks; tables still show
+  them under those names, but they compare only at equal ``n_samples``;
 - every metric of each of ``sampler.reference_views()`` (e.g. APD's teacher), scored the
   same way with the same seed, as ``<view>:<metric>`` (:func:`split_view_metric`).
 
@@ -38,6 +45,7 @@ from uqbench.evaluation import regression as R
 from uqbench.functional import DEFAULT_MEMORY_BUDGET, batched_predict
 from uqbench.measure import synchronize
 from uqbench.sampler import WeightSampler
+from uqbench.testing import check_samples
 from uqbench.training import as_tensors
 
 #: Joins a reference view's name and its metric (``teacher:acc``).
@@ -93,8 +101,31 @@ def evaluate(
 
     ``n_samples`` is capped at ``sampler.max_samples`` (an ensemble of 5 reports acc@1 and
     acc@5 only); the count used is the ``n_samples`` metric. Runs on ``sampler.device``;
-    inputs are moved there chunk by chunk.
+    inputs are moved there chunk by chunk. Every draw (the sampler's and each reference
+    view's) is checked against the sampler contract before it is scored
+    (:func:`uqbench.testing.check_samples`): a UserError names the method and the
+    parameter when a key is missing or extra, a shape, dtype or device is wrong, or a
+    weight is not finite.
     """
+    return _evaluate(
+        sampler,
+        data,
+        n_samples=n_samples,
+        seed=seed,
+        memory_budget=memory_budget,
+        label=getattr(sampler, "name", type(sampler).__name__),
+    )
+
+
+def _evaluate(
+    sampler: WeightSampler,
+    data: BenchmarkData,
+    *,
+    n_samples: int,
+    seed: int,
+    memory_budget: int,
+    label: str,
+) -> Evaluation:
     if isinstance(n_samples, bool) or not isinstance(n_samples, int) or n_samples < 1:
         raise UserError(f"asked for {n_samples!r} sampled networks; use a whole number >= 1")
     n = n_samples if sampler.max_samples is None else min(n_samples, sampler.max_samples)
@@ -106,7 +137,9 @@ def evaluate(
     generator = torch.Generator(device="cpu")
     generator.manual_seed(seed)
     start = time.perf_counter()
-    weights = {k: v.detach().to(device) for k, v in sampler.sample(n, generator=generator).items()}
+    draw = sampler.sample(n, generator=generator)
+    check_samples(draw, target, n, device=device, label=label)
+    weights = {k: v.detach() for k, v in draw.items()}
     if data.task.is_classification:
 
         def predict(x: Tensor) -> Tensor:
@@ -131,12 +164,20 @@ def evaluate(
         _classification(result, test_log_probs, y_test, ood_log_probs)
     else:
         _regression(result, test_outputs, x_test, y_test, data)
-    result.metrics["diversity_l2_rel_std"] = M.diversity_l2_rel_std(weights)
+    per_network = test_log_probs.double().exp() if data.task.is_classification else None
+    result.metrics.update(M.diversity_at(per_network, weights))
     result.metrics["n_samples"] = float(n)
     result.metrics["sample_eval_s"] = elapsed
     result.metrics.update({k: float(v) for k, v in sampler.extra_metrics.items()})
     for name, view in sampler.reference_views().items():
-        scored = evaluate(view, data, n_samples=n_samples, seed=seed, memory_budget=memory_budget)
+        scored = _evaluate(
+            view,
+            data,
+            n_samples=n_samples,
+            seed=seed,
+            memory_budget=memory_budget,
+            label=f"{label}{VIEW_SEPARATOR}{name}",
+        )
         result.metrics.update({f"{name}{VIEW_SEPARATOR}{k}": v for k, v in scored.metrics.items()})
     return result
 
@@ -162,7 +203,6 @@ def _classification(
     m["brier"] = M.brier_score(pbar, labels)
     bins = M.reliability_bins(pbar, labels)
     m["ece"] = bins.ece
-    m["disagreement"] = M.disagreement(probs)
     for name, ood_lp in ood_log_probs.items():
         for key, value in M.ood_detection(probs, ood_lp.double().exp()).items():
             metric, score = key.split("/")
@@ -189,6 +229,7 @@ def _regression(
     m["gnll"] = R.gaussian_nll(pred, y)
     if data.train_range is not None:
         m.update(R.std_inside_outside(pred, x, data.train_range))
+    m.update(R.coverage(outputs, data.task, x, y, data.train_range))
 
     if x.reshape(len(x), -1).shape[1] != 1:
         return  # the bands figure is for 1-D inputs only

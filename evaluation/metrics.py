@@ -277,22 +277,88 @@ def accuracy_of_first_k(
 
 
 # --- diversity -------------------------------------------------------------------------
+#: Numbers of networks at which the harness reports every diversity metric (``@5``:
+#: a 5-member ensemble's M; ``@100`` where a method can draw 100), so that methods are
+#: compared at the same n: both ``disagreement`` and the std of a few norms depend on n.
+DIVERSITY_AT = (5, 100)
+
+
 def diversity_l2_rel_std(weights: dict[str, Tensor]) -> float:
-    """Relative std of the weight norms: std_k ‖w_k‖₂ / mean_k ‖w_k‖₂ (the HyperGAN paper's).
+    """Relative std of the weight norms: s_k ‖w_k‖₂ / mean_k ‖w_k‖₂ (the HyperGAN paper's).
 
     ``‖w_k‖₂`` is the L2 norm of network k's whole flattened weight vector (all
-    parameters); std is the *population* std (ddof = 0), so one network gives 0.
+    parameters); s is the *sample* std (ddof = 1, Bessel-corrected variance). For 5
+    Gaussian norms its expectation is ≈ 6 % below σ (c₄(5) = 0.940), the population std's
+    ≈ 16 % (0.841); compare methods at the same n regardless (see :data:`DIVERSITY_AT`).
+    NaN for a single network.
     """
     norms = flat_weight_norms({k: v.detach() for k, v in weights.items()}).cpu()
-    return (norms.std(correction=0) / norms.mean()).item()
+    if len(norms) < 2:
+        return float("nan")
+    return (norms.std(correction=1) / norms.mean()).item()
 
 
 def disagreement(probs: ArrayLike) -> float:
     """(1/(nN)) Σ_k Σ_i 1[argmax_c p_k(x_i) ≠ argmax_c p̄(x_i)]: function-space diversity.
 
-    NaN when any probability is not finite.
+    A share of (network, point) pairs, measured against the n networks' own p̄, so it
+    grows with n (p̄ of few networks sits close to each of them); compare methods at the
+    same n only, or use :func:`pairwise_disagreement`. NaN when any probability is not
+    finite.
     """
     p = _per_network(probs)
     if not p.isfinite().all():
         return float("nan")
     return (p.argmax(-1) != p.mean(0).argmax(-1).unsqueeze(0)).double().mean().item()
+
+
+def pairwise_disagreement(probs: ArrayLike) -> float:
+    """Mean over unordered pairs j < k of distinct sampled networks of the share of points
+    where their argmaxes differ: (2 / (n(n−1))) Σ_{j<k} (1/N) Σ_i 1[ŷ_j(x_i) ≠ ŷ_k(x_i)].
+
+    For independently drawn networks its expectation is the probability that two networks
+    disagree on a point, whatever n is (an unbiased U-statistic), so methods drawn at
+    different n compare fairly. Computed from the class counts n_ic of the argmaxes per
+    point: 1 − Σ_c n_ic (n_ic − 1) / (n(n−1)). Accepts per-network probabilities
+    ``[n, N, C]`` or argmax labels ``[n, N]`` (integer). NaN for n < 2 or a non-finite
+    probability.
+    """
+    t = torch.as_tensor(probs).detach().to("cpu")
+    if t.is_floating_point():
+        p = _per_network(t)
+        if not p.isfinite().all():
+            return float("nan")
+        votes, classes = p.argmax(-1), p.shape[-1]
+    else:
+        if t.ndim != 2:
+            raise ValueError(f"expected argmax labels [n, N], got shape {tuple(t.shape)}")
+        votes = t.to(torch.int64)
+        classes = int(votes.max().item()) + 1 if votes.numel() else 1
+    n, size = votes.shape
+    if n < 2:
+        return float("nan")
+    counts = torch.zeros(size, classes, dtype=torch.float64)
+    counts.scatter_add_(1, votes.T, torch.ones(size, n, dtype=torch.float64))
+    agree = (counts * (counts - 1)).sum(1) / (n * (n - 1))
+    return (1.0 - agree).mean().item()
+
+
+def diversity_at(probs: ArrayLike | None, weights: dict[str, Tensor]) -> dict[str, float]:
+    """Every diversity metric on the first k networks for each k in :data:`DIVERSITY_AT`
+    that the draw reaches: ``disagreement@k``, ``pairwise_disagreement@k`` (classification;
+    skipped when ``probs`` is None) and ``diversity_l2_rel_std@k``.
+
+    A draw smaller than every k (n < 5) reports at k = n instead (n ≥ 2), named by its n.
+    """
+    n = next(iter(weights.values())).shape[0]
+    p = None if probs is None else _per_network(probs)
+    ks = [k for k in DIVERSITY_AT if k <= n] or ([n] if n >= 2 else [])
+    out: dict[str, float] = {}
+    for k in ks:
+        if p is not None:
+            out[f"disagreement@{k}"] = disagreement(p[:k])
+            out[f"pairwise_disagreement@{k}"] = pairwise_disagreement(p[:k])
+        out[f"diversity_l2_rel_std@{k}"] = diversity_l2_rel_std(
+            {name: w[:k] for name, w in weights.items()}
+        )
+    return out

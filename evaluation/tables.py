@@ -1,7 +1,8 @@
 """Comparison tables from long-format results (columns method, benchmark, seed, metric, value).
 
 The CSV keeps raw values; the Markdown table shows mean ± std over seeds (sample std,
-ddof = 1; a single seed shows just the value), fractions with 4 decimals.
+ddof = 1; a single seed shows just the value), fractions with 4 decimals, and in its
+``seeds`` column how many seeds each row averages and which (``3 (0,1,2)``).
 """
 
 from __future__ import annotations
@@ -16,8 +17,14 @@ from uqbench.errors import UserError
 LONG_COLUMNS = ("method", "benchmark", "seed", "metric", "value")
 
 _HEAD = ["acc", "acc@1", "acc@5", "acc@10", "acc@100", "nll", "brier", "ece"]
-_DIVERSITY = ["diversity_l2_rel_std", "disagreement"]
-_REGRESSION = ["rmse", "gnll", "std_in", "std_out"]
+_DIVERSITY = [
+    f"{name}@{k}"
+    for k in (5, 100)
+    for name in ("pairwise_disagreement", "disagreement", "diversity_l2_rel_std")
+] + ["diversity_l2_rel_std", "disagreement"]  # the last two: stores from before equal n
+_REGRESSION = ["rmse", "gnll", "std_in", "std_out"] + [
+    f"coverage{level}{side}" for level in (68, 95) for side in ("", "_in", "_out")
+]
 _COST = ["n_samples", "params", "fit_s", "sample_eval_s", "peak_mb"]
 #: Decimals per metric when rendered; everything else gets 4.
 _DECIMALS = {"n_samples": 0, "params": 0, "fit_s": 1, "sample_eval_s": 2, "peak_mb": 1}
@@ -86,7 +93,8 @@ def to_markdown(df: pd.DataFrame, *, metrics: Sequence[str] | None = None) -> st
 
     ``df`` is the long format. ``metrics`` picks and orders the columns (default:
     :func:`default_metrics`). Cells are ``mean ± std`` over seeds, ``—`` when a method has
-    no value for that metric (e.g. ``acc@10`` for a 5-member ensemble).
+    no value for that metric (e.g. ``acc@10`` for a 5-member ensemble). The ``seeds``
+    column gives the number of seeds and their list.
     """
     summary = summary_table(df)
     available = list(dict.fromkeys(summary["metric"]))
@@ -103,11 +111,18 @@ def to_markdown(df: pd.DataFrame, *, metrics: Sequence[str] | None = None) -> st
     keys = list(dict.fromkeys(zip(summary["benchmark"], summary["method"], strict=True)))
     several = len({b for b, _ in keys}) > 1
 
-    header = (["benchmark"] if several else []) + ["method"] + columns
+    seeds = df.groupby(["benchmark", "method"], sort=False)["seed"].agg(
+        lambda v: sorted({int(s) for s in v})
+    )
+    header = (["benchmark"] if several else []) + ["method", "seeds"] + columns
     numeric = [False] * (len(header) - len(columns)) + [True] * len(columns)
     rows = []
     for benchmark, method in keys:
-        row = ([benchmark] if several else []) + [method]
+        used = seeds[(benchmark, method)]
+        row = ([benchmark] if several else []) + [
+            method,
+            f"{len(used)} ({','.join(map(str, used))})",
+        ]
         for metric in columns:
             r = index.get((benchmark, method, metric))
             row.append("—" if r is None else _cell(r.mean, r.std, _DECIMALS.get(metric, 4)))

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -114,9 +115,15 @@ def test_matches_a_naive_loop_over_networks() -> None:
     for k in (1, 5, 10):
         assert m[f"acc@{k}"] == pytest.approx(np.mean(probs[:k].mean(0).argmax(1) == y.numpy()))
     assert "acc@100" not in m
-    assert m["disagreement"] == pytest.approx(np.mean(probs.argmax(2) != pbar.argmax(1)[None]))
+    # Diversity on the first 5 of the 12 networks (equal n for every method).
+    votes5 = probs[:5].argmax(2)
+    assert m["disagreement@5"] == pytest.approx(
+        np.mean(votes5 != probs[:5].mean(0).argmax(1)[None])
+    )
+    pairs = [np.mean(votes5[j] != votes5[k]) for j in range(5) for k in range(j + 1, 5)]
+    assert m["pairwise_disagreement@5"] == pytest.approx(np.mean(pairs))
     norms = np.sqrt(sum((w.double().flatten(1) ** 2).sum(1).numpy() for w in weights.values()))
-    assert m["diversity_l2_rel_std"] == pytest.approx(norms.std() / norms.mean())
+    assert m["diversity_l2_rel_std@5"] == pytest.approx(norms[:5].std(ddof=1) / norms[:5].mean())
     for name, inputs in data.ood.items():
         ood_pbar = naive_probs(sampler.target, weights, inputs).mean(0)
         assert result.arrays[f"ood_probs/{name}"] == pytest.approx(ood_pbar, abs=1e-6)
@@ -133,8 +140,9 @@ def test_matches_a_naive_loop_over_networks() -> None:
         "nll",
         "brier",
         "ece",
-        "disagreement",
-        "diversity_l2_rel_std",
+        "disagreement@5",
+        "pairwise_disagreement@5",
+        "diversity_l2_rel_std@5",
         "n_samples",
         "sample_eval_s",
         "teacher_acc",
@@ -264,6 +272,13 @@ def test_regression_matches_a_naive_loop(heteroscedastic: bool) -> None:
     inside = (xs >= -4) & (xs <= 4)
     assert m["std_in"] == pytest.approx(np.sqrt(epistemic[inside]).mean(), rel=1e-4)
     assert m["std_out"] == pytest.approx(np.sqrt(epistemic[~inside]).mean(), rel=1e-4)
+    # Coverage of the exact mixture's central intervals: F(y) in [(1-l)/2, (1+l)/2].
+    cdf = norm.cdf((yy[None] - mu) / np.sqrt(noise)).mean(0)
+    for level, name in ((0.68, "coverage68"), (0.95, "coverage95")):
+        covered = (cdf >= (1 - level) / 2) & (cdf <= (1 + level) / 2)
+        assert m[name] == pytest.approx(covered.mean())
+        assert m[f"{name}_in"] == pytest.approx(covered[inside].mean())
+        assert m[f"{name}_out"] == pytest.approx(covered[~inside].mean())
     assert not any(k.startswith(("acc", "auroc", "nll")) for k in m)
 
     a = result.arrays
@@ -301,3 +316,15 @@ def test_arrays_round_trip_through_npz(tmp_path) -> None:
     )
     for key, value in result.arrays.items():
         np.testing.assert_array_equal(back[key], value)
+
+
+def test_diversity_is_reported_at_equal_n_for_every_method() -> None:
+    data = classification_data()
+    sampler = fitted(data)
+    many = evaluate(sampler, data, n_samples=100, seed=0).metrics
+    sampler.max_samples = 5  # like a 5-member ensemble
+    five = evaluate(sampler, data, n_samples=100, seed=0).metrics
+    for name in ("disagreement", "pairwise_disagreement", "diversity_l2_rel_std"):
+        assert f"{name}@100" in many and f"{name}@100" not in five
+        assert f"{name}@5" in many and f"{name}@5" in five
+    assert "disagreement" not in many and "diversity_l2_rel_std" not in many

@@ -197,17 +197,93 @@ def test_accuracy_of_first_k_and_curve() -> None:
     assert M.accuracy_of_first_k(many, y) == {1: naive[0], 5: naive[4], 10: naive[9]}
 
 
-def test_diversity_l2_rel_std_uses_all_parameters_and_population_std() -> None:
-    # Net 1 = (3, 4) -> norm 5; net 2 = (0, 6) -> norm 6; mean 5.5, population std 0.5.
+def test_diversity_l2_rel_std_uses_all_parameters_and_sample_std() -> None:
+    # Net 1 = (3, 4) -> norm 5; net 2 = (0, 6) -> norm 6; mean 5.5, sample std sqrt(0.5).
     weights = {"w": torch.tensor([[3.0], [0.0]]), "b": torch.tensor([[4.0], [6.0]])}
-    assert M.diversity_l2_rel_std(weights) == pytest.approx(0.5 / 5.5)
+    assert M.diversity_l2_rel_std(weights) == pytest.approx(math.sqrt(0.5) / 5.5)
     rng = np.random.default_rng(5)
     w = {
         "a": torch.from_numpy(rng.normal(size=(9, 3, 4))),
         "c": torch.from_numpy(rng.normal(size=(9, 2))),
     }
     norms = np.sqrt((w["a"].numpy() ** 2).sum((1, 2)) + (w["c"].numpy() ** 2).sum(1))
-    assert M.diversity_l2_rel_std(w) == pytest.approx(norms.std(ddof=0) / norms.mean())
+    assert M.diversity_l2_rel_std(w) == pytest.approx(norms.std(ddof=1) / norms.mean())
+    assert math.isnan(M.diversity_l2_rel_std({"a": w["a"][:1]}))
+
+
+def test_pairwise_disagreement_hand_cases() -> None:
+    # Argmaxes of 3 networks on 2 points: point 0 (0, 0, 1): pairs (1,2), (1,3), (2,3)
+    # disagree on 2 of 3; point 1 (2, 2, 2): none. Mean over points: 1/3.
+    votes = torch.tensor([[0, 2], [0, 2], [1, 2]])
+    assert M.pairwise_disagreement(votes) == pytest.approx(1 / 3)
+    probs = torch.nn.functional.one_hot(votes, 3).double() * 0.8 + 0.2 / 3
+    assert M.pairwise_disagreement(probs) == pytest.approx(1 / 3)
+    # The hand fixture of two networks: they disagree on point 1 only -> 1/3; the
+    # disagreement vs p̄ of the same two networks is 1/6.
+    probs2 = torch.tensor([NET1, NET2], dtype=torch.float64)
+    assert M.pairwise_disagreement(probs2) == pytest.approx(1 / 3)
+    assert M.disagreement(probs2) == pytest.approx(1 / 6)
+    # Against a naive double loop over pairs.
+    rng = np.random.default_rng(9)
+    many = rng.integers(0, 4, size=(7, 40))
+    naive = np.mean([np.mean(many[j] != many[k]) for j in range(7) for k in range(j + 1, 7)])
+    assert M.pairwise_disagreement(torch.from_numpy(many)) == pytest.approx(naive)
+    assert math.isnan(M.pairwise_disagreement(votes[:1]))
+    assert M.pairwise_disagreement(torch.zeros(4, 5, dtype=torch.int64)) == 0.0
+    nan = probs.clone()
+    nan[0, 0, 0] = float("nan")
+    assert math.isnan(M.pairwise_disagreement(nan))
+
+
+def test_pairwise_disagreement_does_not_depend_on_n_but_disagreement_does() -> None:
+    # Population: per point, a network's argmax is class c with probability q_ic. Two
+    # independent networks disagree with probability 1 − Σ_c q_ic², whatever n.
+    rng = np.random.default_rng(10)
+    points, classes, draws = 30, 3, 400
+    q = rng.dirichlet(np.full(classes, 0.7), size=points)
+    truth = float(np.mean(1 - (q**2).sum(1)))
+    cum = q.cumsum(1)
+
+    def draw(n: int) -> torch.Tensor:
+        u = rng.uniform(size=(n, points, 1))
+        votes = (u > cum[None]).sum(-1).clip(max=classes - 1)
+        return torch.nn.functional.one_hot(torch.from_numpy(votes), classes).double()
+
+    pair5, pair100, dis5, dis100 = [], [], [], []
+    for _ in range(draws):
+        small, big = draw(5), draw(100)
+        pair5.append(M.pairwise_disagreement(small))
+        pair100.append(M.pairwise_disagreement(big))
+        dis5.append(M.disagreement(small))
+        dis100.append(M.disagreement(big))
+    # Standard error of the mean of 400 draws at n = 5 is about 0.005.
+    assert np.mean(pair5) == pytest.approx(truth, abs=0.015)
+    assert np.mean(pair100) == pytest.approx(truth, abs=0.005)
+    assert abs(np.mean(pair5) - np.mean(pair100)) < 0.015
+    # Against p̄ of its own n networks, disagreement is clearly lower at n = 5.
+    assert np.mean(dis100) - np.mean(dis5) > 0.03
+    assert np.std(dis5) / np.sqrt(draws) < 0.005
+
+
+def test_diversity_at_equal_n_uses_the_first_k_networks() -> None:
+    probs, _ = _random_probs(n=120, size=50, classes=4, seed=11)
+    weights = {"w": torch.from_numpy(np.random.default_rng(12).normal(size=(120, 6)))}
+    out = M.diversity_at(probs, weights)
+    assert set(out) == {
+        f"{m}@{k}"
+        for m in ("disagreement", "pairwise_disagreement", "diversity_l2_rel_std")
+        for k in (5, 100)
+    }
+    assert out["pairwise_disagreement@5"] == M.pairwise_disagreement(probs[:5])
+    assert out["disagreement@100"] == M.disagreement(probs[:100])
+    assert out["diversity_l2_rel_std@5"] == M.diversity_l2_rel_std({"w": weights["w"][:5]})
+    few = M.diversity_at(probs[:3], {"w": weights["w"][:3]})
+    assert set(few) == {"disagreement@3", "pairwise_disagreement@3", "diversity_l2_rel_std@3"}
+    assert set(M.diversity_at(None, weights)) == {
+        "diversity_l2_rel_std@5",
+        "diversity_l2_rel_std@100",
+    }
+    assert M.diversity_at(probs[:1], {"w": weights["w"][:1]}) == {}
 
 
 # --- regression --------------------------------------------------------------------------
@@ -247,3 +323,51 @@ def test_std_inside_outside_is_mean_epistemic_std() -> None:
         {"std_in": 0.0, "std_out": 2.0}
     )
     assert R.std_inside_outside(pred, x, (-6.0, 6.0)) == pytest.approx({"std_in": 4 / 3})
+
+
+def test_coverage_of_one_gaussian_hand_worked() -> None:
+    # One network, mean 0, noise σ = 1: 68 % interval ±0.9945, 95 % interval ±1.9600.
+    y = torch.tensor([0.0, 0.5, 1.5, 2.5, -1.2, -0.99])
+    outputs = torch.zeros(1, 6, 1)
+    task = Task("regression", noise_std=1.0)
+    x = torch.tensor([[-3.0], [-1.0], [0.0], [1.0], [2.0], [3.0]])
+    cov = R.coverage(outputs, task, x, y, train_range=(-1.0, 1.0))
+    # Inside [-1, 1]: y = 0.5, 1.5, 2.5 (x = -1, 0, 1). Outside: 0.0, -1.2, -0.99.
+    assert cov["coverage68"] == pytest.approx(3 / 6)  # 0, 0.5, -0.99
+    assert cov["coverage95"] == pytest.approx(5 / 6)  # all but 2.5
+    assert cov["coverage68_in"] == pytest.approx(1 / 3)
+    assert cov["coverage68_out"] == pytest.approx(2 / 3)
+    assert cov["coverage95_in"] == pytest.approx(2 / 3)
+    assert cov["coverage95_out"] == pytest.approx(1.0)
+    assert set(R.coverage(outputs, task, x, y)) == {"coverage68", "coverage95"}
+    inside_only = R.coverage(outputs, task, x, y, train_range=(-5.0, 5.0))
+    assert "coverage68_out" not in inside_only and inside_only["coverage68_in"] == 0.5
+
+
+def test_coverage_uses_the_exact_mixture_against_scipy_quantiles() -> None:
+    from scipy.optimize import brentq
+
+    # Two networks at ±1 with σ = 0.3 (heteroscedastic output): a bimodal predictive.
+    rng = np.random.default_rng(13)
+    size = 200
+    mu = np.stack([np.full(size, -1.0), np.full(size, 1.0)])
+    log_var = np.full((2, size), 2 * np.log(0.3))
+    outputs = torch.from_numpy(np.stack([mu, log_var], -1))
+    task = Task("regression", heteroscedastic=True)
+    y = rng.uniform(-2.5, 2.5, size=size)
+
+    def cdf(t: float) -> float:
+        return float(np.mean(norm.cdf((t - mu[:, 0]) / 0.3)))
+
+    cov = R.coverage(outputs, task, torch.zeros(size, 1), torch.from_numpy(y))
+    for level in (0.68, 0.95):
+        lo = brentq(lambda t, q=(1 - level) / 2: cdf(t) - q, -10, 10)
+        hi = brentq(lambda t, q=(1 + level) / 2: cdf(t) - q, -10, 10)
+        want = np.mean((y >= lo) & (y <= hi))
+        assert cov[f"coverage{round(100 * level)}"] == pytest.approx(want)
+    # 68 %: the mixture's interval is ±1.14 (F(1.14) = 0.5 + 0.5 Φ(0.47) = 0.84), the
+    # moment-matched Gaussian N(0, 1.09)'s ±1.04. y = 1.1 is inside the first only, 1.6
+    # inside neither: the mixture covers 1 of 2 where the Gaussian would cover 0.
+    point = R.coverage(outputs[:, :2], task, torch.zeros(2, 1), torch.tensor([1.1, 1.6]))
+    assert point["coverage68"] == 0.5
+    assert norm.cdf(1.1, scale=np.sqrt(1.09)) > 0.84

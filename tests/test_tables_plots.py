@@ -54,6 +54,7 @@ def test_markdown_table_layout_and_formatting() -> None:
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header == [
         "method",
+        "seeds",
         "acc",
         "acc@5",
         "nll",
@@ -66,13 +67,14 @@ def test_markdown_table_layout_and_formatting() -> None:
     hypergan = next(line for line in lines if line.startswith("| hypergan"))
     assert "0.9200 ± 0.0200" in hypergan and "0.2500 ± 0.0500" in hypergan
     assert "1,234,567" in hypergan and "—" in hypergan  # no ece for hypergan
+    assert hypergan.startswith("| hypergan | 3 (0,1,2) |")
     ensemble = next(line for line in lines if line.startswith("| ensemble"))
     assert "0.0123 |" in ensemble and "±" not in ensemble  # one seed: just the value
-    assert "81.3" in ensemble
+    assert "81.3" in ensemble and ensemble.startswith("| ensemble | 1 (0) |")
     assert "auroc/mnist-5-9/mi" not in text  # only the entropy AUROCs by default
 
     only = to_markdown(long_frame(), metrics=["nll", "acc"]).splitlines()[0]
-    assert [c.strip() for c in only.strip("|").split("|")] == ["method", "nll", "acc"]
+    assert [c.strip() for c in only.strip("|").split("|")] == ["method", "seeds", "nll", "acc"]
     with pytest.raises(UserError, match="no results for metric"):
         to_markdown(long_frame(), metrics=["brier"])
     with pytest.raises(UserError, match="lacks column"):

@@ -126,10 +126,66 @@ def make_tiny_sampler(
     return cls(data.make_target(), cls.make_config(benchmark="tiny"), task=data.task, device=device)
 
 
+def check_samples(
+    draw: object,
+    target: nn.Module,
+    n: int,
+    *,
+    device: str | torch.device,
+    label: str,
+) -> None:
+    """Raise a UserError unless ``draw`` is what ``sample(n)`` must return for ``target``.
+
+    The contract: a dict with exactly the names of ``target.named_parameters()``, each a
+    tensor of shape ``[n, *param.shape]``, of the parameter's dtype, on ``device``, and
+    finite. The message names ``label`` (the method, e.g. ``apd:teacher``) and the first
+    offending parameter. The harness runs this on every draw before scoring it, so a
+    missing parameter is never filled in with the target's initial weight.
+    """
+    call = f"{label}.sample({n})"
+    if not isinstance(draw, dict):
+        raise UserError(f"{call} returned {type(draw).__name__}; it must return a dict")
+    params = dict(target.named_parameters())
+    for name in params:
+        if name not in draw:
+            raise UserError(f"{call} is missing parameter {name}")
+    for name in draw:
+        if name not in params:
+            raise UserError(
+                f"{call} returned {name!r}, which is not a parameter of the target "
+                f"(parameters: {', '.join(params)})"
+            )
+    want = torch.device(device)
+    for name, param in params.items():
+        value = draw[name]
+        if not isinstance(value, torch.Tensor):
+            raise UserError(f"{call} returned {type(value).__name__} for {name}, not a tensor")
+        shape = tuple(param.shape)
+        if value.ndim == len(shape) + 1 and tuple(value.shape[1:]) == shape:
+            if value.shape[0] != n:
+                raise UserError(f"{call} returned {value.shape[0]} networks for {name}")
+        elif tuple(value.shape) != (n, *shape):
+            raise UserError(
+                f"{call} returned shape {list(value.shape)} for {name}; expected {[n, *shape]}"
+            )
+        if value.dtype != param.dtype:
+            raise UserError(
+                f"{call} returned {name} as {value.dtype}; the target's is {param.dtype}"
+            )
+        if value.device.type != want.type or (
+            want.index is not None and value.device.index != want.index
+        ):
+            raise UserError(f"{call} returned {name} on {value.device}; expected {want}")
+        if not bool(torch.isfinite(value).all()):
+            kind = "NaN" if bool(torch.isnan(value).any()) else "inf"
+            raise UserError(f"{call} has {kind} in {name}")
+
+
 def check_sampler_contract(cls: type[WeightSampler], n: int = 4, device: str = "cpu") -> None:
     """Assert the WeightSampler contract for ``cls`` on classification and regression.
 
-    Checks: names and shapes of samples; values finite; the n networks of one draw differ;
+    Checks: :func:`check_samples` (names, shapes, dtypes, device, finite values; the same
+    check the harness runs before scoring); the n networks of one draw differ;
     the same seeds give the same samples (fit and draw); ``state_dict`` survives a
     ``torch.save`` / ``torch.load(weights_only=True)`` round trip into a fresh instance;
     samples run through the vmapped forward; ``sample(0)`` is a UserError.
@@ -141,14 +197,7 @@ def check_sampler_contract(cls: type[WeightSampler], n: int = 4, device: str = "
         if sampler.max_samples is not None:
             n = min(n, sampler.max_samples)
         draw = sampler.sample(n, generator=torch.Generator().manual_seed(7))
-        shapes = dict(sampler.target.named_parameters())
-        assert set(draw) == set(shapes), (
-            f"sample keys {sorted(draw)} != parameters {sorted(shapes)}"
-        )
-        for name, value in draw.items():
-            assert value.shape == (n, *shapes[name].shape), f"{name}: {tuple(value.shape)}"
-            assert torch.isfinite(value).all(), f"{name} has non-finite values"
-            assert value.device.type == torch.device(device).type, f"{name} on {value.device}"
+        check_samples(draw, sampler.target, n, device=device, label=cls.name)
         flat = torch.cat([v.flatten(1) for v in draw.values()], dim=1)
         assert (flat[1:] - flat[0]).abs().amax() > 0, (
             "all sampled networks in one draw are identical"

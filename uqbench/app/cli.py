@@ -62,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         dest="all_cells",
         help="every finished cell in the store, not only those of the last compare command",
     )
+    report.add_argument(
+        "--baseline",
+        default=None,
+        metavar="METHOD",
+        help="add each method's difference to METHOD with 95%% paired bootstrap intervals",
+    )
 
     evaluate = sub.add_parser("evaluate", help="re-score a saved checkpoint without retraining")
     evaluate.add_argument("checkpoint")
@@ -97,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "report":
             from uqbench.app.compare import report
 
-            report(Path(args.dir), all_cells=args.all_cells)
+            report(Path(args.dir), all_cells=args.all_cells, baseline=args.baseline)
         elif args.command == "evaluate":
             from uqbench.app.compare import evaluate_checkpoint
 

@@ -141,12 +141,14 @@ def _records_for(store: ResultsStore, specs: list[CellSpec]):
     return [r for r in store.records() if (r.method, r.benchmark, r.seed, r.config_hash) in wanted]
 
 
-def report(out_dir: Path, *, all_cells: bool = False) -> None:
+def report(out_dir: Path, *, all_cells: bool = False, baseline: str | None = None) -> None:
     """Re-render table.md, table.csv and figures from a results folder's store.
 
     By default the cells of the last ``compare`` into ``out_dir`` (its config.json);
     ``all_cells``: every finished cell, e.g. after commands with different seeds or methods
     (refused when the store holds two configs of one method and seed: they would be pooled).
+    ``baseline``: also write differences.md, every method minus ``baseline`` with paired
+    bootstrap intervals (:mod:`uqbench.evaluation.intervals`).
     """
     config = read_config(out_dir)
     store_path = out_dir / STORE_NAME
@@ -173,7 +175,17 @@ def report(out_dir: Path, *, all_cells: bool = False) -> None:
             )
     if not chosen:
         raise UserError(f"{store_path} holds no finished cell yet")
+    differences = None
+    if baseline is not None:  # --baseline: method - baseline with bootstrap intervals
+        from uqbench.app.outputs import load_arrays
+        from uqbench.evaluation.intervals import baseline_report
+
+        cells = {(r.method, r.seed): load_arrays(out_dir, r) for r in chosen}
+        differences = baseline_report(cells, baseline)
     print(render(out_dir, chosen, config.get("task", "classification")))
+    if differences is not None:
+        atomic_write_text(out_dir / "differences.md", differences + "\n")
+        print("\n" + differences)
 
 
 def evaluate_checkpoint(args: argparse.Namespace) -> None:
