@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from tiny_configs import TINY
 from torch.utils.data import TensorDataset
 
 from uqbench.baselines.ensemble import DeepEnsemble
@@ -20,7 +21,7 @@ from uqbench.training import as_tensors
 
 @pytest.fixture(scope="module")
 def fitted() -> DeepEnsemble:
-    sampler = make_tiny_sampler(DeepEnsemble)
+    sampler = make_tiny_sampler(DeepEnsemble, overrides=TINY["ensemble"])
     sampler.fit(tiny_benchmark().train, seed=0)
     return sampler
 
@@ -61,7 +62,7 @@ def test_stacked_training_equals_training_each_member_alone() -> None:
     """One Adam over stacked members == independent Adams: member 0 of a 3-member
     ensemble is the single member of a 1-member ensemble with the same seed."""
     data = tiny_benchmark()
-    config = dataclasses.replace(DeepEnsemble.make_config(benchmark="tiny"), epochs=2)
+    config = dataclasses.replace(DeepEnsemble.make_config(), **{**TINY["ensemble"], "epochs": 2})
     three = DeepEnsemble(data.make_target(), dataclasses.replace(config, members=3), task=data.task)
     one = DeepEnsemble(data.make_target(), dataclasses.replace(config, members=1), task=data.task)
     three.fit(data.train, seed=5)

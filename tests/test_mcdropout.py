@@ -7,6 +7,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from tiny_configs import TINY
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -95,11 +96,11 @@ def test_drop_rate_is_p() -> None:
 
 def test_bad_settings_are_user_errors() -> None:
     data = tiny_benchmark()
-    with pytest.raises(UserError, match="drop probability"):
+    with pytest.raises(UserError, match=r"mcdropout.p=1.0 is invalid"):
         MCDropout(data.make_target(), MCDropout.Config(p=1.0), task=data.task)
     with pytest.raises(UserError, match="not fitted"):
         MCDropout(data.make_target(), task=data.task).sample(2)
-    sampler = make_tiny_sampler(MCDropout)
+    sampler = make_tiny_sampler(MCDropout, overrides=TINY["mcdropout"])
     sampler.config.masks_per_step = 10_000
     with pytest.raises(UserError, match="slices"):
         sampler.fit(data.train, seed=0)
@@ -107,7 +108,7 @@ def test_bad_settings_are_user_errors() -> None:
 
 def test_learns_tiny_images() -> None:
     data = tiny_benchmark()
-    sampler = make_tiny_sampler(MCDropout)
+    sampler = make_tiny_sampler(MCDropout, overrides=TINY["mcdropout"])
     sampler.fit(data.train, seed=0)
     x, y = as_tensors(data.test)
     probs = stacked_forward(sampler.target, sampler.sample(50), x).softmax(-1)
