@@ -15,7 +15,7 @@ from torch.autograd.functional import jacobian
 
 from uqbench.baselines.mnf import MNF, MNFConfig, _Flow, _LayerPosterior
 from uqbench.data.registry import load_benchmark
-from uqbench.errors import UserError
+from uqbench.errors import FitDiverged, UserError
 from uqbench.functional import stacked_forward
 from uqbench.sampler import Task
 from uqbench.testing import make_tiny_sampler, tiny_benchmark
@@ -209,3 +209,56 @@ def test_user_errors() -> None:
     MNF(squashed, MNFConfig(epochs=1, standardize_targets=False), task=data.task).fit(
         data.train, seed=0
     )
+
+
+def test_defaults_are_the_authors() -> None:
+    target = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Flatten(), nn.Linear(12, 2))
+    sampler = MNF(target)
+    conv, fc = sampler.posterior["0"], sampler.posterior["2"]
+    assert conv.z_axis == 0 and conv.z_mean.shape == (3,)  # output filters
+    assert fc.z_axis == 1 and fc.z_mean.shape == (12,)  # input units
+    for post in (conv, fc):
+        assert torch.all(post.log_std == -9.0) and torch.all(post.bias_log_std == -9.0)
+    cfg = sampler.config
+    assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.max_std, cfg.kl_warmup) == (
+        1e-3,
+        100,
+        100,
+        0.5,
+        0.0,
+    )
+
+
+def test_biases_are_sampled_and_sigma_clipped_in_sampling_only() -> None:
+    torch.manual_seed(0)
+    sampler = MNF(nn.Sequential(nn.Linear(3, 2)), MNFConfig(init_log_std=0.5, max_std=0.5))
+    draw = sampler.sample(4000, generator=torch.Generator().manual_seed(0))
+    # sigma = e^0.5 = 1.65 is clipped to 0.5 in sampling ...
+    assert draw["0.bias"].std(0).sub(0.5).abs().max() < 0.03
+    # ... while the KL still pulls log sigma towards the prior (d KL / d log sigma = sigma^2 - 1).
+    sampler.posterior["0"].kl_weights(torch.ones(1, 3)).sum().backward()
+    assert sampler.posterior["0"].log_std.grad.abs().min() > 0.5
+
+
+def test_non_finite_loss_is_fit_diverged() -> None:
+    data = tiny_benchmark()
+    x, y = (t.clone() for t in data.train.tensors)
+    x[:] = float("nan")
+    sampler = make_tiny_sampler(MNF, overrides=TINY["mnf"])
+    with pytest.raises(FitDiverged, match="mnf: the likelihood loss became nan at step 1"):
+        sampler.fit(torch.utils.data.TensorDataset(x, y), seed=0)
+
+
+def test_validation_plateau_stops_the_fit() -> None:
+    data = tiny_benchmark()
+    calls: list[dict] = []
+    overrides = {**TINY["mnf"], "epochs": 200, "patience": 3, "keep_best": True}
+    sampler = make_tiny_sampler(MNF, overrides=overrides)
+    val = torch.utils.data.TensorDataset(*(t[:60] for t in data.test.tensors))
+    sampler.fit(data.train, seed=0, val=val, progress=lambda s, t, **m: calls.append(m))
+    reports = [m for m in calls if "val_nll" in m]
+    run = sampler.extra_metrics["epochs_run"]
+    assert len(reports) == run < 200  # stopped on the plateau
+    nll = [m["val_nll"] for m in reports]
+    assert min(nll[-3:]) >= min(nll)  # no new minimum in the last `patience` epochs
+    assert sampler.extra_metrics["best_epoch"] == 1 + nll.index(min(nll))
