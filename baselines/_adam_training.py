@@ -84,8 +84,8 @@ def train_with_adam(
     decay); ``lr_schedule`` is ``"constant"`` or ``"cosine"`` (to 0 over all steps).
     ``validate`` runs after every epoch; with ``keep_best`` the params end at the epoch
     (per member, when the scores are per member) of lowest validation score, else at the
-    last epoch. Metrics: ``train_loss`` (``train_acc``) of the last epoch, the last
-    validation metrics, and with ``keep_best`` the mean ``best_epoch`` (1-based).
+    last epoch. Metrics: ``train_loss`` (``train_acc``) of the last epoch, the validation
+    metrics of the state kept, and with ``keep_best`` the mean ``best_epoch`` (1-based).
     """
     batches = list(epoch_batches())
     total = max(1, epochs * len(batches))
@@ -132,7 +132,9 @@ def train_with_adam(
             metrics.update(val_metrics)
             if best is not None:
                 best.update(params, scores, epoch + 1)
-    if best is not None and best.epochs is not None:
+    if best is not None and best.epochs is not None and validate is not None:
         best.restore(params)
         metrics["best_epoch"] = float(best.epochs.mean())
+        with torch.no_grad():
+            metrics.update(validate({k: v.detach() for k, v in params.items()})[0])
     return metrics

@@ -30,6 +30,19 @@ Validation: with ``val`` given, ``fit`` reports the ensemble's ``val_nll`` (and
 paper trains a fixed number of epochs) keeps, for each member independently, the epoch
 of its own lowest validation NLL. Without ``val`` the last epoch is kept.
 
+toy1d (the paper's x^3 setting, a 1-200-1 ReLU net, 20 points): the members do start
+from different initialisations and, with ``batch_size`` 5, see different data orders, yet
+trained to convergence they extrapolate almost identically — each one linearly from the
+data's edge, where the fit fixes the slope; only hidden units whose kink lies beyond the
+data keep their (small) initial contributions. With the benchmark's fixed noise and one
+output, seed 0: epistemic std out/in 0.59/0.05 and 1 % of the out-of-range grid inside
+mean ± 2 std after 1,000 epochs. What opens the bands in the paper's figure is the
+members' variance outputs: on a heteroscedastic toy1d (two outputs) with each member's
+epoch picked by NLL on a 20-point validation draw of the same generator, total std out of
+range 30 and 62 % coverage; at the last epoch the variances have collapsed (validation
+NLL 80.6, coverage 0 %). The toy1d preset therefore keeps the best epoch (it needs a
+validation split).
+
 ``sample(n)`` returns the first n members, with no randomness: accuracy with n sampled
 networks is then "the ensemble of its first n members", the paper's rows.
 """
@@ -118,6 +131,7 @@ class DeepEnsemble(WeightSampler):
             "batch_size": 5,
             "lr": 1e-2,
             "lr_schedule": "cosine",
+            "keep_best": True,
         },
         "mnist5k-split": {"members": 5, "epochs": 10},
         "mnist5000": {"members": 5, "epochs": 15},

@@ -474,6 +474,8 @@ class MNF(WeightSampler):
         if best is not None and best.epochs is not None:
             best.restore(dict(self.posterior.state_dict()))
             self.extra_metrics["best_epoch"] = float(best.epochs)
+            if val_data is not None:
+                self.extra_metrics.update(self._validate(*val_data, seeds["val"]))
         self.extra_metrics["epochs_run"] = float(epochs_run)
         with torch.no_grad():
             self.extra_metrics["mnf_kl_per_example"] = float(self.kl_bound(16)) / n_train

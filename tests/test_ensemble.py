@@ -92,7 +92,7 @@ def test_toy1d_fits_and_is_unsure_outside_the_data() -> None:
     train, grid = toy1d_data()
     sampler = DeepEnsemble(
         toy1d_mlp(),
-        DeepEnsemble.make_config(benchmark="toy1d"),
+        dataclasses.replace(DeepEnsemble.make_config(benchmark="toy1d"), epochs=300),
         task=Task("regression", noise_std=3.0),
     )
     sampler.fit(train, seed=0)
