@@ -334,13 +334,10 @@ class MNF(WeightSampler):
     name = "mnf"
     Config = MNFConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "toy1d": {
-            "epochs": 3000,
-            "batch_size": 20,
-            "lr": 1e-2,
-            "init_log_std": -3.0,
-            "patience": 0,
-        },
+        # The authors have no toy setting: lr 1e-2 and 3,000 full-batch epochs for 20 points.
+        # On a 20-point validation draw of the same generator the authors' log sigma init
+        # (-9) and the earlier -3 scored validation NLL 3.204 and 3.191, within noise: -9 kept.
+        "toy1d": {"epochs": 3000, "batch_size": 20, "lr": 1e-2, "patience": 0},
     }
 
     def __init__(
