@@ -528,7 +528,13 @@ class MNF(WeightSampler):
 
     def load_state_dict(self, state: dict) -> None:
         """Restore what ``state_dict`` returned."""
-        self.posterior.load_state_dict(state["posterior"])
+        try:
+            self.posterior.load_state_dict(state["posterior"])
+        except (KeyError, RuntimeError):
+            raise UserError(
+                "mnf checkpoint does not match this target's posterior (a different target "
+                "or an older MNF layout); load it with the target and version it was trained with"
+            ) from None
         self.scaling = RegressionScaling(
             None, None, float(state["y_shift"]), float(state["y_scale"])
         )

@@ -262,3 +262,11 @@ def test_validation_plateau_stops_the_fit() -> None:
     nll = [m["val_nll"] for m in reports]
     assert min(nll[-3:]) >= min(nll)  # no new minimum in the last `patience` epochs
     assert sampler.extra_metrics["best_epoch"] == 1 + nll.index(min(nll))
+
+
+def test_mismatched_checkpoint_is_a_user_error() -> None:
+    sampler = MNF(nn.Sequential(nn.Linear(2, 2)))
+    state = sampler.state_dict()
+    state["posterior"] = {k.replace("log_std", "log_var"): v for k, v in state["posterior"].items()}
+    with pytest.raises(UserError, match="checkpoint does not match"):
+        sampler.load_state_dict(state)
