@@ -1,32 +1,40 @@
 """The Adam loop the deep ensemble and MC dropout share: K networks per step, one vmapped call.
 
 Both baselines train stacked leaf tensors ``[M, *shape]`` (the ensemble's M members, or
-MC dropout's one weight set with M = 1) with one ``torch.optim.Adam``. Each step, a
-method-specific ``make_weights(params)`` expands them into K weight sets ``[K, *shape]``
-(the members themselves, or K dropout-masked copies), and network k sees its own
-minibatch ``x[index[k]]`` through :func:`uqbench.functional.stacked_forward_per_net`.
-Adam is elementwise, so one Adam over stacked members is exactly M independent Adams,
-and the summed per-member loss gives each member its own gradient.
+MC dropout's one weight set) with one ``torch.optim.Adam``. Each step, a method-specific
+``make_weights(params)`` expands them into K weight sets ``[K, *shape]`` (the members
+themselves, or K dropout-masked copies), and network k sees its own minibatch
+``x[index[k]]`` through :func:`uqbench.functional.stacked_forward_per_net`. Adam is
+elementwise, so one Adam over stacked members is exactly M independent Adams, and the
+summed per-member loss gives each member its own gradient.
+
+Minibatches come from :class:`uqbench.training.MinibatchSampler`, the learning-rate
+schedule from :func:`uqbench.training.lr_factor`, the per-network loss from
+:func:`uqbench.training.per_net_loss`; a non-finite loss stops the fit with
+:class:`uqbench.errors.FitDiverged`. With a ``validate`` callback the loop reports
+``val_nll``/``val_acc`` once an epoch and can keep each member's best epoch.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
 from torch import Tensor, nn
-from torch.func import vmap
 
-from uqbench.errors import UserError
 from uqbench.functional import stacked_forward_per_net
 from uqbench.sampler import Progress, Task
-from uqbench.training import task_loss
+from uqbench.training import KeepBest, ProgressThrottle, check_finite, lr_factor, per_net_loss
 
 #: Draws one epoch of index batches, each a LongTensor ``[K, b]`` of example indices.
 EpochBatches = Callable[[], Iterator[Tensor]]
+#: ``validate(params) -> (metrics, scores)``: ``val_nll``/``val_acc`` for the progress
+#: report and the score (lower is better; ``[M]`` per member or a scalar) for keep-best.
+Validate = Callable[[dict[str, Tensor]], tuple[dict[str, float], Tensor]]
+
+__all__ = ["EpochBatches", "Validate", "initial_weights", "per_net_loss", "train_with_adam"]
 
 
 def initial_weights(target: nn.Module, seeds: list[int]) -> dict[str, Tensor]:
@@ -49,46 +57,6 @@ def initial_weights(target: nn.Module, seeds: list[int]) -> dict[str, Tensor]:
     return {k: torch.stack([s[k] for s in sets]) for k in sets[0]}
 
 
-def independent_batches(
-    n_examples: int, generators: list[torch.Generator], batch_size: int
-) -> Iterator[Tensor]:
-    """One epoch of index batches ``[K, b]``, K = ``len(generators)``: network k shuffles the
-    data with its own generator, so its data order does not depend on the others.
-
-    ``b = min(batch_size, n_examples)``; the last incomplete batch is dropped.
-    """
-    b = min(batch_size, n_examples)
-    orders = torch.stack([torch.randperm(n_examples, generator=g) for g in generators])
-    for start in range(0, n_examples - b + 1, b):
-        yield orders[:, start : start + b]
-
-
-def sliced_batches(
-    n_examples: int, n_slices: int, batch_size: int, generator: torch.Generator
-) -> Iterator[Tensor]:
-    """One epoch of index batches ``[n_slices, b]``: one shuffle, each minibatch cut into
-    ``n_slices`` disjoint slices of ``b = min(batch_size, n_examples) // n_slices`` examples."""
-    b = min(batch_size, n_examples) // n_slices
-    if b < 1:
-        raise UserError(
-            f"cannot cut minibatches of {min(batch_size, n_examples)} examples into "
-            f"{n_slices} slices; lower the number of masks per step or raise batch_size"
-        )
-    order = torch.randperm(n_examples, generator=generator)
-    step = b * n_slices
-    for start in range(0, n_examples - step + 1, step):
-        yield order[start : start + step].view(n_slices, b)
-
-
-def per_net_loss(outputs: Tensor, y: Tensor, task: Task) -> Tensor:
-    """Task loss of each network on its own labels: ``outputs [K, b, ...]``, ``y [K, b]`` -> ``[K]``.
-
-    :func:`uqbench.training.task_loss` (one label vector shared by all networks) vmapped
-    over the networks.
-    """
-    return vmap(lambda out, target: task_loss(out.unsqueeze(0), target, task)[0])(outputs, y)
-
-
 def train_with_adam(
     target: nn.Module,
     params: dict[str, Tensor],
@@ -98,31 +66,35 @@ def train_with_adam(
     y: Tensor,
     task: Task,
     *,
+    method: str,
     epochs: int,
     lr: float,
     weight_decay: float,
-    cosine: bool,
+    lr_schedule: str,
     reduction: Literal["sum", "mean"],
     progress: Progress | None = None,
+    validate: Validate | None = None,
+    keep_best: bool = False,
 ) -> dict[str, float]:
-    """Train the leaf tensors ``params`` in place with Adam; return the last epoch's metrics.
+    """Train the leaf tensors ``params`` in place with Adam; return the fit's metrics.
 
     Each step: ``w = make_weights(params)`` (``[K, *shape]``), outputs of network k on
     ``x[index[k]]``, loss = ``reduction`` ("sum" or "mean") over k of each network's
     task loss. ``weight_decay`` is Adam's L2 term (the Gaussian prior / dropout's weight
-    decay); ``cosine`` anneals the learning rate to 0 over all steps.
+    decay); ``lr_schedule`` is ``"constant"`` or ``"cosine"`` (to 0 over all steps).
+    ``validate`` runs after every epoch; with ``keep_best`` the params end at the epoch
+    (per member, when the scores are per member) of lowest validation score, else at the
+    last epoch. Metrics: ``train_loss`` (``train_acc``) of the last epoch, the validation
+    metrics of the state kept, and with ``keep_best`` the mean ``best_epoch`` (1-based).
     """
     batches = list(epoch_batches())
     total = max(1, epochs * len(batches))
     optimizer = torch.optim.Adam(list(params.values()), lr=lr, weight_decay=weight_decay)
-    scheduler = (
-        torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
-        )
-        if cosine
-        else None
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(lr_schedule, s, total)
     )
-    report_every = max(1, total // 100)
+    throttle = ProgressThrottle(progress, total)
+    best = KeepBest() if keep_best and validate is not None else None
     step = 0
     metrics: dict[str, float] = {}
     for epoch in range(epochs):
@@ -137,20 +109,32 @@ def train_with_adam(
             outputs = stacked_forward_per_net(target, make_weights(params), xb)
             losses = per_net_loss(outputs, yb, task)
             loss = losses.sum() if reduction == "sum" else losses.mean()
+            step += 1
+            check_finite(method, {"training": loss}, step)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            step += 1
+            scheduler.step()
             loss_sum += losses.detach().mean()
             done += 1
             if task.is_classification:
                 correct += (outputs.detach().argmax(-1) == yb).sum()
                 seen += yb.numel()
-            if progress is not None and (step % report_every == 0 or step == total):
-                progress(step, total, loss=loss_sum.item() / done)
+            if throttle.due(step):
+                throttle.report(step, loss=loss_sum.item() / done)
         metrics = {"train_loss": loss_sum.item() / max(done, 1)}
         if task.is_classification and seen:
             metrics["train_acc"] = correct.item() / seen
+        if validate is not None:
+            with torch.no_grad():
+                val_metrics, scores = validate({k: v.detach() for k, v in params.items()})
+            throttle.report(step, **val_metrics)
+            metrics.update(val_metrics)
+            if best is not None:
+                best.update(params, scores, epoch + 1)
+    if best is not None and best.epochs is not None and validate is not None:
+        best.restore(params)
+        metrics["best_epoch"] = float(best.epochs.mean())
+        with torch.no_grad():
+            metrics.update(validate({k: v.detach() for k, v in params.items()})[0])
     return metrics

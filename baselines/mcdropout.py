@@ -22,7 +22,19 @@ Departures from the paper's baseline (HyperGAN, Ratzlaff & Li 2019, "MC dropout"
 dropout sits on the inputs of layers inside the target rather than after activations
 of a separately built net, and the first layer is left unmasked by default
 (``skip_first_layer``): its input is the raw image (1 channel for MNIST, which one
-mask would wipe out whole) or, for 1-D regression, the single input unit.
+mask would wipe out whole) or, for 1-D regression, the single input unit. Regression
+inputs and targets are standardised with the training set's statistics (``standardize``,
+as in the paper's UCI experiments), folded back into the first and last Linear layers
+(inputs only when the first layer is unmasked, where the fold is exact).
+
+Seeds: initialisation, data order, training masks and validation masks each come from
+their own stream of :func:`uqbench.training.derive_seeds` (``init``, ``data``, ``noise``,
+``val``), so no stream of one seed replays a stream of another.
+
+Validation: with ``val`` given, ``fit`` reports ``val_nll`` (and ``val_acc``) of
+``val_samples`` masked networks once per epoch through ``progress``. ``keep_best`` (off
+by default: the paper trains a fixed number of epochs) keeps the epoch of lowest
+validation NLL. Without ``val`` the last epoch is kept.
 """
 
 from __future__ import annotations
@@ -34,34 +46,73 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from uqbench.configs import (
+    CheckedConfig,
+    Choice,
+    IntRange,
+    LogUniform,
+    Uniform,
+    at_least,
+    in_range,
+    non_negative,
+    one_of,
+    positive,
+    setting,
+)
 from uqbench.errors import UserError
+from uqbench.functional import batched_predict
 from uqbench.sampler import Progress, Task, WeightSampler
 from uqbench.targets import parametric_layers
-from uqbench.training import as_tensors, seeded_generator
+from uqbench.training import (
+    MinibatchSampler,
+    RegressionScaling,
+    as_tensors,
+    derive_seeds,
+    linear_ends,
+    predictive_scores,
+    seeded_generator,
+)
 
-from ._adam_training import initial_weights, sliced_batches, train_with_adam
+from ._adam_training import initial_weights, train_with_adam
+
+#: Bytes of activations one validation forward may hold.
+VALIDATION_MEMORY = 1 << 28
 
 
 @dataclass
-class MCDropoutConfig:
+class MCDropoutConfig(CheckedConfig):
     """Settings of :class:`MCDropout` (defaults: the small CNN on MNIST-5k)."""
 
+    owner: ClassVar[str] = "mcdropout"
+
     #: Drop probability p of each input unit/channel of a masked layer.
-    p: float = 0.25
+    p: float = setting(
+        0.25,
+        check=in_range(0.0, 1.0, include_high=False),
+        search=Uniform(0.05, 0.5),
+    )
     #: Leave the first Linear/Conv2d layer unmasked (its input is the raw data).
-    skip_first_layer: bool = True
+    skip_first_layer: bool = setting(True)
     #: K: masks drawn per training step, each on its own slice of the minibatch.
-    masks_per_step: int = 8
+    masks_per_step: int = setting(8, check=at_least(1))
     #: Passes over the training set.
-    epochs: int = 20
+    epochs: int = setting(20, check=at_least(1), search=IntRange(5, 60))
     #: Minibatch size (cut into ``masks_per_step`` slices).
-    batch_size: int = 64
+    batch_size: int = setting(64, check=at_least(1))
     #: Adam learning rate.
-    lr: float = 1e-3
-    #: Adam's L2 weight decay λ.
-    weight_decay: float = 0.0
-    #: Anneal the learning rate to 0 with a half cosine over all steps.
-    cosine: bool = False
+    lr: float = setting(1e-3, check=positive, search=LogUniform(2e-4, 1e-2))
+    #: Adam's L2 weight decay λ (Gal & Ghahramani: λ ties to the prior length-scale).
+    weight_decay: float = setting(0.0, check=non_negative, search=LogUniform(1e-6, 1e-3))
+    #: Learning-rate schedule over all steps: "constant" or "cosine" (half cosine to 0).
+    lr_schedule: str = setting(
+        "constant", check=one_of("constant", "cosine"), search=Choice(("constant", "cosine"))
+    )
+    #: Masked networks whose predictive gives the once-per-epoch validation NLL.
+    val_samples: int = setting(16, check=at_least(1))
+    #: Keep the epoch of lowest validation NLL (needs ``val``; else the last).
+    keep_best: bool = setting(False)
+    #: Regression: train on standardised inputs and targets, folded back into the weights.
+    standardize: bool = setting(True)
 
 
 class MCDropout(WeightSampler):
@@ -74,21 +125,13 @@ class MCDropout(WeightSampler):
     name: ClassVar[str] = "mcdropout"
     Config: ClassVar[type] = MCDropoutConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {
-            "epochs": 8,
-            "batch_size": 32,
-            "masks_per_step": 4,
-            "lr": 1e-2,
-            "p": 0.1,
-            "cosine": True,
-        },
         "toy1d": {
             "epochs": 1000,
             "batch_size": 20,
             "masks_per_step": 20,
             "lr": 1e-2,
             "p": 0.1,
-            "cosine": True,
+            "lr_schedule": "cosine",
         },
         "mnist5k-split": {"epochs": 10},
         "mnist5000": {"epochs": 20},
@@ -104,12 +147,6 @@ class MCDropout(WeightSampler):
     ) -> None:
         super().__init__(target, config, task=task, device=device)
         cfg = self.config
-        if not 0.0 <= cfg.p < 1.0:
-            raise UserError(f"mcdropout.p={cfg.p}: the drop probability must be in [0, 1)")
-        if cfg.masks_per_step < 1 or cfg.epochs < 1 or cfg.batch_size < 1:
-            raise UserError("mcdropout.masks_per_step, epochs and batch_size must be >= 1")
-        if cfg.lr <= 0 or cfg.weight_decay < 0:
-            raise UserError("mcdropout.lr must be > 0 and mcdropout.weight_decay >= 0")
         #: ``weight`` parameter names of the masked layers, in order.
         self.masked: list[str] = self._masked_from_config()
         self.p = cfg.p
@@ -164,32 +201,68 @@ class MCDropout(WeightSampler):
         """Adam on the expected loss under dropout, K masks per step (module docstring)."""
         cfg = self.config
         self.p, self.masked = cfg.p, self._masked_from_config()
-        torch.manual_seed(seed)
         x, y = (t.to(self.device) for t in as_tensors(train))
-        start = initial_weights(self.target, [seed])
-        params = {k: v[0].to(self.device).requires_grad_() for k, v in start.items()}
-        order = seeded_generator(seed)
-        noise = seeded_generator(seed + 1)
+        k = cfg.masks_per_step
+        slice_size = min(cfg.batch_size, len(x)) // k
+        if slice_size < 1:
+            raise UserError(
+                f"mcdropout: cannot cut minibatches of {min(cfg.batch_size, len(x))} examples "
+                f"into {k} slices; lower masks_per_step or raise batch_size"
+            )
+        task, scaling, ends = self.task, RegressionScaling(), ("", "")
+        if not task.is_classification and cfg.standardize:
+            first_masked = f"{parametric_layers(self.target)[0][0]}.weight" in self.masked
+            inputs = not first_masked
+            ends = linear_ends(self.target, x[:2], method=self.name, inputs=inputs)
+            scaling = RegressionScaling.fit(x, y, inputs=inputs, targets=True)
+            x, y = scaling.data(x, y)
+            task = scaling.task(task)
+        seeds = derive_seeds(seed, ("init", "data", "noise", "val"))
+        start = initial_weights(self.target, [seeds["init"]])
+        params = {name: v[0].to(self.device).requires_grad_() for name, v in start.items()}
+        batches = MinibatchSampler(len(x), slice_size * k, [seeded_generator(seeds["data"])])
+        noise = seeded_generator(seeds["noise"])
 
         def masked(p: dict[str, Tensor]) -> dict[str, Tensor]:
-            return self.apply_masks(p, self.draw_masks(cfg.masks_per_step, noise))
+            return self.apply_masks(p, self.draw_masks(k, noise))
+
+        def raw(p: dict[str, Tensor]) -> dict[str, Tensor]:
+            if scaling.identity:
+                return p
+            stacked = {name: v.detach().unsqueeze(0).clone() for name, v in p.items()}
+            scaling.fold(stacked, *ends, self.task)
+            return {name: v[0] for name, v in stacked.items()}
+
+        validate = None
+        if val is not None:
+            x_val, y_val = (t.to(self.device) for t in as_tensors(val))
+
+            def validate(p: dict[str, Tensor]) -> tuple[dict[str, float], Tensor]:
+                val_masks = self.draw_masks(cfg.val_samples, seeded_generator(seeds["val"]))
+                weights = self.apply_masks(raw(p), val_masks)
+                out = batched_predict(self.target, weights, x_val, memory_budget=VALIDATION_MEMORY)
+                scores = predictive_scores(out, y_val, self.task)
+                return scores, torch.tensor(scores["val_nll"])
 
         metrics = train_with_adam(
             self.target,
             params,
             masked,
-            lambda: sliced_batches(len(x), cfg.masks_per_step, cfg.batch_size, order),
+            lambda: (batch.view(k, slice_size) for batch in batches.epoch()),
             x,
             y,
-            self.task,
+            task,
+            method=self.name,
             epochs=cfg.epochs,
             lr=cfg.lr,
             weight_decay=cfg.weight_decay,
-            cosine=cfg.cosine,
+            lr_schedule=cfg.lr_schedule,
             reduction="mean",
             progress=progress,
+            validate=validate,
+            keep_best=cfg.keep_best,
         )
-        self.weights = {k: v.detach() for k, v in params.items()}
+        self.weights = raw({name: v.detach() for name, v in params.items()})
         self.extra_metrics = dict(metrics)
 
     def sample(self, n: int, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:

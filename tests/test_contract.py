@@ -7,6 +7,7 @@ code, so they are covered by their base class's run.
 from __future__ import annotations
 
 import pytest
+from tiny_configs import TINY
 
 from uqbench.registry import discover, load_method
 from uqbench.testing import check_sampler_contract
@@ -24,4 +25,4 @@ def _distinct_methods() -> list[str]:
 
 @pytest.mark.parametrize("name", _distinct_methods())
 def test_sampler_contract(name: str) -> None:
-    check_sampler_contract(load_method(name))
+    check_sampler_contract(load_method(name), overrides=TINY.get(name))

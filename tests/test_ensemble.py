@@ -7,10 +7,11 @@ import math
 
 import pytest
 import torch
+from tiny_configs import TINY
 from torch.utils.data import TensorDataset
 
 from uqbench.baselines.ensemble import DeepEnsemble
-from uqbench.errors import UserError
+from uqbench.errors import FitDiverged, UserError
 from uqbench.functional import stacked_forward
 from uqbench.sampler import Task
 from uqbench.targets import toy1d_mlp
@@ -20,7 +21,7 @@ from uqbench.training import as_tensors
 
 @pytest.fixture(scope="module")
 def fitted() -> DeepEnsemble:
-    sampler = make_tiny_sampler(DeepEnsemble)
+    sampler = make_tiny_sampler(DeepEnsemble, overrides=TINY["ensemble"])
     sampler.fit(tiny_benchmark().train, seed=0)
     return sampler
 
@@ -61,7 +62,7 @@ def test_stacked_training_equals_training_each_member_alone() -> None:
     """One Adam over stacked members == independent Adams: member 0 of a 3-member
     ensemble is the single member of a 1-member ensemble with the same seed."""
     data = tiny_benchmark()
-    config = dataclasses.replace(DeepEnsemble.make_config(benchmark="tiny"), epochs=2)
+    config = dataclasses.replace(DeepEnsemble.make_config(), **{**TINY["ensemble"], "epochs": 2})
     three = DeepEnsemble(data.make_target(), dataclasses.replace(config, members=3), task=data.task)
     one = DeepEnsemble(data.make_target(), dataclasses.replace(config, members=1), task=data.task)
     three.fit(data.train, seed=5)
@@ -91,7 +92,7 @@ def test_toy1d_fits_and_is_unsure_outside_the_data() -> None:
     train, grid = toy1d_data()
     sampler = DeepEnsemble(
         toy1d_mlp(),
-        DeepEnsemble.make_config(benchmark="toy1d"),
+        dataclasses.replace(DeepEnsemble.make_config(benchmark="toy1d"), epochs=300),
         task=Task("regression", noise_std=3.0),
     )
     sampler.fit(train, seed=0)
@@ -104,3 +105,58 @@ def test_toy1d_fits_and_is_unsure_outside_the_data() -> None:
     assert rmse_in < 2 * 3.0, f"rmse inside the training range {rmse_in:.2f}"
     assert std_out >= 2 * std_in, f"epistemic std out {std_out:.3f} vs in {std_in:.3f}"
     assert math.isfinite(std_out)
+
+
+def _poisoned(data: TensorDataset) -> TensorDataset:
+    x, y = (t.clone() for t in data.tensors)
+    x[5] = float("nan")
+    return TensorDataset(x, y)
+
+
+def test_non_finite_loss_is_fit_diverged_naming_loss_and_step() -> None:
+    data = tiny_benchmark()
+    sampler = make_tiny_sampler(DeepEnsemble, overrides=TINY["ensemble"])
+    with pytest.raises(FitDiverged, match=r"ensemble: the training loss became nan at step \d+"):
+        sampler.fit(_poisoned(data.train), seed=0)
+    huge = make_tiny_sampler(DeepEnsemble, overrides={**TINY["ensemble"], "lr": 1e30})
+    with pytest.raises(FitDiverged, match=r"ensemble: the training loss became \w+ at step \d+"):
+        huge.fit(data.train, seed=0)
+
+
+def test_bad_settings_name_the_setting() -> None:
+    for key, value in (("lr", -1.0), ("lr", float("inf")), ("epochs", 0), ("lr_schedule", "x")):
+        with pytest.raises(UserError, match=f"ensemble.{key}="):
+            DeepEnsemble.Config(**{key: value})
+
+
+def test_validation_reported_once_per_epoch_and_keep_best() -> None:
+    data = tiny_benchmark()
+    calls: list[dict] = []
+    overrides = {**TINY["ensemble"], "keep_best": True}
+    sampler = make_tiny_sampler(DeepEnsemble, overrides=overrides)
+    val = TensorDataset(*(t[:60] for t in data.test.tensors))
+    sampler.fit(data.train, seed=0, val=val, progress=lambda s, t, **m: calls.append(m))
+    reports = [m for m in calls if "val_nll" in m]
+    assert len(reports) == TINY["ensemble"]["epochs"]
+    assert all(set(m) == {"val_nll", "val_acc"} for m in reports)
+    assert reports[-1]["val_acc"] >= 0.9 and reports[-1]["val_nll"] < reports[0]["val_nll"]
+    assert 1 <= sampler.extra_metrics["best_epoch"] <= TINY["ensemble"]["epochs"]
+
+
+def test_heteroscedastic_members_learn_mean_and_variance() -> None:
+    """Lakshminarayanan et al. (2017): each member outputs a mean and a variance."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(200, 1, generator=g) * 4 - 2
+    noise_std = 0.05 + 0.25 * (x[:, 0] + 2) / 4  # grows from 0.05 to 0.3 across the range
+    y = torch.sin(2 * x[:, 0]) + noise_std * torch.randn(200, generator=g)
+    task = Task("regression", heteroscedastic=True)
+    target = toy1d_mlp(hidden=32, outputs=2)
+    config = DeepEnsemble.Config(members=3, epochs=150, batch_size=32, lr=1e-2)
+    sampler = DeepEnsemble(target, config, task=task)
+    sampler.fit(TensorDataset(x, y), seed=0)
+    grid = torch.tensor([[-1.8], [1.8]])
+    out = stacked_forward(sampler.target, sampler.sample(3), grid)
+    std = (0.5 * out[..., 1]).exp().mean(0)
+    # The learned noise std follows the truth (about 0.06 and 0.29 at the ends).
+    assert std[0] < 0.15 < 0.2 < std[1] < 0.45, std
+    torch.testing.assert_close(out[..., 0].mean(0), torch.sin(2 * grid[:, 0]), atol=0.15, rtol=0)

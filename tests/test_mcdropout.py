@@ -7,11 +7,12 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from tiny_configs import TINY
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from uqbench.baselines.mcdropout import MCDropout
-from uqbench.errors import UserError
+from uqbench.errors import FitDiverged, UserError
 from uqbench.functional import stacked_forward
 from uqbench.sampler import Task
 from uqbench.targets import toy1d_mlp
@@ -95,11 +96,11 @@ def test_drop_rate_is_p() -> None:
 
 def test_bad_settings_are_user_errors() -> None:
     data = tiny_benchmark()
-    with pytest.raises(UserError, match="drop probability"):
+    with pytest.raises(UserError, match=r"mcdropout.p=1.0 is invalid"):
         MCDropout(data.make_target(), MCDropout.Config(p=1.0), task=data.task)
     with pytest.raises(UserError, match="not fitted"):
         MCDropout(data.make_target(), task=data.task).sample(2)
-    sampler = make_tiny_sampler(MCDropout)
+    sampler = make_tiny_sampler(MCDropout, overrides=TINY["mcdropout"])
     sampler.config.masks_per_step = 10_000
     with pytest.raises(UserError, match="slices"):
         sampler.fit(data.train, seed=0)
@@ -107,7 +108,7 @@ def test_bad_settings_are_user_errors() -> None:
 
 def test_learns_tiny_images() -> None:
     data = tiny_benchmark()
-    sampler = make_tiny_sampler(MCDropout)
+    sampler = make_tiny_sampler(MCDropout, overrides=TINY["mcdropout"])
     sampler.fit(data.train, seed=0)
     x, y = as_tensors(data.test)
     probs = stacked_forward(sampler.target, sampler.sample(50), x).softmax(-1)
@@ -133,3 +134,44 @@ def test_toy1d_fits_and_is_unsure_outside_the_data() -> None:
     std_in, std_out = std[inside].mean().item(), std[~inside].mean().item()
     assert rmse_in < 2 * 3.0, f"rmse inside the training range {rmse_in:.2f}"
     assert std_out >= 2 * std_in, f"epistemic std out {std_out:.3f} vs in {std_in:.3f}"
+
+
+def test_noise_data_and_init_streams_never_coincide_across_seeds(monkeypatch) -> None:
+    """Each purpose draws from its own derive_seeds stream: seed 0's training masks are not
+    seed 1's data order (the old ``seed + 1`` scheme made them equal)."""
+    import uqbench.baselines.mcdropout as module
+
+    used: list[int] = []
+    real = module.seeded_generator
+    monkeypatch.setattr(module, "seeded_generator", lambda s, *a: used.append(s) or real(s, *a))
+    data = tiny_benchmark()
+    val = TensorDataset(*(t[:30] for t in data.test.tensors))
+    overrides = {**TINY["mcdropout"], "epochs": 1}
+    streams = {}
+    for seed in (0, 1):
+        used.clear()
+        make_tiny_sampler(MCDropout, overrides=overrides).fit(data.train, seed=seed, val=val)
+        streams[seed] = set(used)
+        assert len(streams[seed]) == 3  # data order, training noise, validation masks
+    assert not streams[0] & streams[1]
+
+
+def test_non_finite_loss_is_fit_diverged() -> None:
+    data = tiny_benchmark()
+    x, y = (t.clone() for t in data.train.tensors)
+    x[3] = float("inf")
+    sampler = make_tiny_sampler(MCDropout, overrides=TINY["mcdropout"])
+    with pytest.raises(FitDiverged, match=r"mcdropout: the training loss became nan at step \d"):
+        sampler.fit(TensorDataset(x, y), seed=0)
+
+
+def test_validation_reported_once_per_epoch() -> None:
+    data = tiny_benchmark()
+    calls: list[dict] = []
+    sampler = make_tiny_sampler(MCDropout, overrides={**TINY["mcdropout"], "keep_best": True})
+    val = TensorDataset(*(t[:60] for t in data.test.tensors))
+    sampler.fit(data.train, seed=0, val=val, progress=lambda s, t, **m: calls.append(m))
+    reports = [m for m in calls if "val_nll" in m]
+    assert len(reports) == TINY["mcdropout"]["epochs"]
+    assert reports[-1]["val_acc"] >= 0.9
+    assert sampler.extra_metrics["best_epoch"] >= 1

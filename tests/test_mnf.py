@@ -9,16 +9,17 @@ import math
 import pyro.distributions as dist
 import pytest
 import torch
+from tiny_configs import TINY
 from torch import nn
 from torch.autograd.functional import jacobian
 
 from uqbench.baselines.mnf import MNF, MNFConfig, _Flow, _LayerPosterior
 from uqbench.data.registry import load_benchmark
-from uqbench.errors import UserError
+from uqbench.errors import FitDiverged, UserError
 from uqbench.functional import stacked_forward
 from uqbench.sampler import Task
 from uqbench.testing import make_tiny_sampler, tiny_benchmark
-from uqbench.training import as_tensors
+from uqbench.training import RegressionScaling, as_tensors
 
 
 def _perturb(module: nn.Module, std: float = 0.5, seed: int = 0) -> None:
@@ -61,7 +62,7 @@ def test_flows_start_at_the_identity() -> None:
 
 def _layer(layer: nn.Module, z_axis: int = 1, seed: int = 0) -> _LayerPosterior:
     torch.manual_seed(seed)
-    post = _LayerPosterior(layer, z_axis, MNFConfig(flow_hidden=8, init_log_var=-3.0))
+    post = _LayerPosterior(layer, z_axis, MNFConfig(flow_hidden=8, init_log_std=-1.5))
     _perturb(post, std=0.3, seed=seed)
     return post
 
@@ -86,9 +87,14 @@ def test_kl_of_weights_matches_torch(layer: nn.Module, z_axis: int) -> None:
     ours = post.kl_weights(z)
     shape = [1] * layer.weight.dim()
     shape[z_axis] = -1
-    q = torch.distributions.Normal(z.view(3, *shape) * post.mu, post.weight_var().sqrt())
+    # The KL sees the unclipped sigma (the clip acts on the likelihood only).
+    q = torch.distributions.Normal(z.view(3, *shape) * post.mu, post.log_std.exp())
     p = torch.distributions.Normal(0.0, 1.0)
     reference = torch.distributions.kl_divergence(q, p).flatten(1).sum(1)
+    # and the bias posterior N(mu_b (times z on conv filters), sigma_b^2)
+    bias_mean = z * post.bias_mu if z_axis == 0 else post.bias_mu.expand(3, -1)
+    q_bias = torch.distributions.Normal(bias_mean, post.bias_log_std.exp())
+    reference = reference + torch.distributions.kl_divergence(q_bias, p).sum(1)
     torch.testing.assert_close(ours, reference)
 
 
@@ -117,10 +123,10 @@ def test_auxiliary_r_is_a_normalised_density() -> None:
     assert abs(torch.trapezoid(density, grid[:, 0]).item() - 1.0) < 1e-3
     # 2-D z (affine coupling auxiliary flow): a 2-D grid.
     post = _layer(nn.Linear(2, 4), seed=3)
-    axis = torch.linspace(-8, 10, 601)
+    axis = torch.linspace(-16, 18, 1101)
     zz = torch.cartesian_prod(axis, axis)
     with torch.no_grad():
-        density = post.log_r(zz, w_proj.expand(len(zz), 4)).exp().view(601, 601)
+        density = post.log_r(zz, w_proj.expand(len(zz), 4)).exp().view(1101, 1101)
     mass = torch.trapezoid(torch.trapezoid(density, axis, dim=1), axis)
     assert abs(mass.item() - 1.0) < 5e-3
 
@@ -130,7 +136,7 @@ def test_local_reparameterisation_matches_sampled_weights(conv_noise: str) -> No
     """The training forward's output moments equal those of networks drawn by ``sample``."""
     torch.manual_seed(0)
     target = nn.Sequential(nn.Conv2d(2, 3, 3), nn.ReLU(), nn.Flatten(), nn.Linear(12, 2))
-    sampler = MNF(target, MNFConfig(flow_hidden=8, init_log_var=-2.0, conv_noise=conv_noise))
+    sampler = MNF(target, MNFConfig(flow_hidden=8, init_log_std=-1.0, conv_noise=conv_noise))
     _perturb(sampler.posterior, std=0.2)
     x = torch.rand(1, 2, 4, 4)
     n = 40000
@@ -144,7 +150,7 @@ def test_local_reparameterisation_matches_sampled_weights(conv_noise: str) -> No
 
 def test_learns_tiny_images() -> None:
     data = tiny_benchmark("classification")
-    sampler = make_tiny_sampler(MNF)
+    sampler = make_tiny_sampler(MNF, overrides=TINY["mnf"])
     sampler.fit(data.train, seed=0)
     x, y = as_tensors(data.test)
     weights = sampler.sample(20, generator=torch.Generator().manual_seed(0))
@@ -156,7 +162,7 @@ def test_learns_tiny_images() -> None:
 
 def test_toy1d_epistemic_std_grows_outside_the_training_range() -> None:
     data = load_benchmark("toy1d")
-    config = dataclasses.replace(MNF.make_config(benchmark="toy1d"), steps=600)
+    config = dataclasses.replace(MNF.make_config(benchmark="toy1d"), epochs=600)
     torch.manual_seed(0)
     sampler = MNF(data.make_target(), config, task=data.task)
     sampler.fit(data.train, seed=0)
@@ -181,7 +187,7 @@ def test_standardised_regression_folds_back_into_the_last_layer() -> None:
     plain = stacked_forward(
         sampler.target, sampler.sample(3, generator=torch.Generator().manual_seed(0)), x
     )
-    sampler.y_shift, sampler.y_scale = 4.0, 3.0
+    sampler.scaling = RegressionScaling(y_shift=4.0, y_scale=3.0)
     folded = stacked_forward(
         sampler.target, sampler.sample(3, generator=torch.Generator().manual_seed(0)), x
     )
@@ -199,7 +205,68 @@ def test_user_errors() -> None:
     data = tiny_benchmark("regression")
     squashed = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1), nn.Tanh())
     with pytest.raises(UserError, match="standardize_targets"):
-        MNF(squashed, MNFConfig(steps=1), task=data.task).fit(data.train, seed=0)
-    MNF(squashed, MNFConfig(steps=1, standardize_targets=False), task=data.task).fit(
+        MNF(squashed, MNFConfig(epochs=1), task=data.task).fit(data.train, seed=0)
+    MNF(squashed, MNFConfig(epochs=1, standardize_targets=False), task=data.task).fit(
         data.train, seed=0
     )
+
+
+def test_defaults_are_the_authors() -> None:
+    target = nn.Sequential(nn.Conv2d(1, 3, 3), nn.Flatten(), nn.Linear(12, 2))
+    sampler = MNF(target)
+    conv, fc = sampler.posterior["0"], sampler.posterior["2"]
+    assert conv.z_axis == 0 and conv.z_mean.shape == (3,)  # output filters
+    assert fc.z_axis == 1 and fc.z_mean.shape == (12,)  # input units
+    for post in (conv, fc):
+        assert torch.all(post.log_std == -9.0) and torch.all(post.bias_log_std == -9.0)
+    cfg = sampler.config
+    assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.max_std, cfg.kl_warmup) == (
+        1e-3,
+        100,
+        100,
+        0.5,
+        0.0,
+    )
+
+
+def test_biases_are_sampled_and_sigma_clipped_in_sampling_only() -> None:
+    torch.manual_seed(0)
+    sampler = MNF(nn.Sequential(nn.Linear(3, 2)), MNFConfig(init_log_std=0.5, max_std=0.5))
+    draw = sampler.sample(4000, generator=torch.Generator().manual_seed(0))
+    # sigma = e^0.5 = 1.65 is clipped to 0.5 in sampling ...
+    assert draw["0.bias"].std(0).sub(0.5).abs().max() < 0.03
+    # ... while the KL still pulls log sigma towards the prior (d KL / d log sigma = sigma^2 - 1).
+    sampler.posterior["0"].kl_weights(torch.ones(1, 3)).sum().backward()
+    assert sampler.posterior["0"].log_std.grad.abs().min() > 0.5
+
+
+def test_non_finite_loss_is_fit_diverged() -> None:
+    data = tiny_benchmark()
+    x, y = (t.clone() for t in data.train.tensors)
+    x[:] = float("nan")
+    sampler = make_tiny_sampler(MNF, overrides=TINY["mnf"])
+    with pytest.raises(FitDiverged, match="mnf: the likelihood loss became nan at step 1"):
+        sampler.fit(torch.utils.data.TensorDataset(x, y), seed=0)
+
+
+def test_validation_plateau_stops_the_fit() -> None:
+    data = tiny_benchmark()
+    calls: list[dict] = []
+    overrides = {**TINY["mnf"], "epochs": 200, "patience": 3, "keep_best": True}
+    sampler = make_tiny_sampler(MNF, overrides=overrides)
+    val = torch.utils.data.TensorDataset(*(t[:60] for t in data.test.tensors))
+    sampler.fit(data.train, seed=0, val=val, progress=lambda s, t, **m: calls.append(m))
+    reports = [m for m in calls if "val_nll" in m]
+    run = sampler.extra_metrics["epochs_run"]
+    assert len(reports) == run < 200  # stopped on the plateau
+    nll = [m["val_nll"] for m in reports]
+    assert min(nll[-3:]) >= min(nll)  # no new minimum in the last `patience` epochs
+    assert sampler.extra_metrics["best_epoch"] == 1 + nll.index(min(nll))
+
+
+def test_mismatched_checkpoint_is_a_user_error() -> None:
+    sampler = MNF(nn.Sequential(nn.Linear(2, 2)))
+    state = sampler.state_dict()
+    state["posterior"] = {k.replace("log_std", "log_var"): v for k, v in state["posterior"].items()}
+    with pytest.raises(UserError, match="checkpoint does not match"):
+        sampler.load_state_dict(state)

@@ -6,14 +6,17 @@ A plugin author runs the same checks the built-ins pass::
     def test_my_method():
         check_sampler_contract(MyMethod)
 
-Each check fits on a few hundred 12x12 images (or 64 1D points) with the sampler's
-``presets["tiny"]`` config, so a whole contract run takes seconds.
+Each check fits on a few hundred 12x12 images (or 64 1D points) with a small config —
+``overrides`` (settings for seconds-long fits, kept with the tests) or else the sampler's
+``presets["tiny"]`` — so a whole contract run takes seconds.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections import OrderedDict
+from typing import Any
 
 import torch
 from torch import nn
@@ -118,12 +121,17 @@ def _split_info(
 
 
 def make_tiny_sampler(
-    cls: type[WeightSampler], kind: str = "classification", device: str = "cpu"
+    cls: type[WeightSampler],
+    kind: str = "classification",
+    device: str = "cpu",
+    overrides: dict[str, Any] | None = None,
 ) -> WeightSampler:
-    """``cls`` on the tiny benchmark's target with its ``presets['tiny']`` config."""
+    """``cls`` on the tiny benchmark's target: its ``presets['tiny']`` config (if any), then
+    ``overrides``."""
     data = tiny_benchmark(kind)
     torch.manual_seed(0)
-    return cls(data.make_target(), cls.make_config(benchmark="tiny"), task=data.task, device=device)
+    config = dataclasses.replace(cls.make_config(benchmark="tiny"), **(overrides or {}))
+    return cls(data.make_target(), config, task=data.task, device=device)
 
 
 def check_samples(
@@ -181,7 +189,12 @@ def check_samples(
             raise UserError(f"{call} has {kind} in {name}")
 
 
-def check_sampler_contract(cls: type[WeightSampler], n: int = 4, device: str = "cpu") -> None:
+def check_sampler_contract(
+    cls: type[WeightSampler],
+    n: int = 4,
+    device: str = "cpu",
+    overrides: dict[str, Any] | None = None,
+) -> None:
     """Assert the WeightSampler contract for ``cls`` on classification and regression.
 
     Checks: :func:`check_samples` (names, shapes, dtypes, device, finite values; the same
@@ -192,7 +205,7 @@ def check_sampler_contract(cls: type[WeightSampler], n: int = 4, device: str = "
     """
     for kind in ("classification", "regression"):
         data = tiny_benchmark(kind)
-        sampler = make_tiny_sampler(cls, kind, device)
+        sampler = make_tiny_sampler(cls, kind, device, overrides)
         sampler.fit(data.train, seed=0, val=data.val)
         if sampler.max_samples is not None:
             n = min(n, sampler.max_samples)
@@ -209,7 +222,7 @@ def check_sampler_contract(cls: type[WeightSampler], n: int = 4, device: str = "
                 again[name], draw[name], msg=f"{name}: same generator, new draw"
             )
 
-        twin = make_tiny_sampler(cls, kind, device)
+        twin = make_tiny_sampler(cls, kind, device, overrides)
         twin.fit(data.train, seed=0, val=data.val)
         twin_draw = twin.sample(n, generator=torch.Generator().manual_seed(7))
         for name in draw:
@@ -220,7 +233,7 @@ def check_sampler_contract(cls: type[WeightSampler], n: int = 4, device: str = "
         buffer = io.BytesIO()
         torch.save(sampler.state_dict(), buffer)
         buffer.seek(0)
-        fresh = make_tiny_sampler(cls, kind, device)
+        fresh = make_tiny_sampler(cls, kind, device, overrides)
         fresh.load_state_dict(torch.load(buffer, weights_only=True))
         loaded = fresh.sample(n, generator=torch.Generator().manual_seed(7))
         for name in draw:
