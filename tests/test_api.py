@@ -22,13 +22,20 @@ FAST = {"ensemble": {"members": 2, "epochs": 3, "batch_size": 32, "lr": 0.01}}
 def tiny_registered(monkeypatch):
     """The tiny in-memory classification set as a named benchmark, for these tests only."""
     monkeypatch.setitem(
-        BENCHMARKS, BENCH, BenchmarkSpec(BENCH, "tiny bars (tests)", lambda search: tiny_benchmark())
+        BENCHMARKS,
+        BENCH,
+        BenchmarkSpec(BENCH, "tiny bars (tests)", lambda search: tiny_benchmark()),
     )
 
 
 def _request(out, **changes) -> uqbench.CompareRequest:
     base = dict(
-        methods=["ensemble"], benchmark=BENCH, seeds=[0], samples=2, sets=FAST, out=out,
+        methods=["ensemble"],
+        benchmark=BENCH,
+        seeds=[0],
+        samples=2,
+        sets=FAST,
+        out=out,
         device="cpu",
     )
     return uqbench.CompareRequest(**{**base, **changes})
@@ -63,7 +70,9 @@ def test_compare_from_python_matches_the_files_and_the_cli(tmp_path):
     assert again.ran == [] and len(again.skipped) == 2
 
     scored = uqbench.evaluate(
-        uqbench.EvaluateRequest(sorted((result.out / "checkpoints").glob("*-s0-*.pt"))[0], device="cpu")
+        uqbench.EvaluateRequest(
+            sorted((result.out / "checkpoints").glob("*-s0-*.pt"))[0], device="cpu"
+        )
     )
     stored = on_disk[(on_disk.seed == 0) & (on_disk.metric == "nll")].value.item()
     assert scored.metrics["nll"] == pytest.approx(stored, rel=1e-5)
@@ -141,7 +150,10 @@ def test_config_json_accumulates_cells_across_invocations(tmp_path):
     assert [i["command"] for i in config["invocations"]] == ["first", "second"]
     assert all(i["finished"] for i in config["invocations"])
     cells = config["cell_provenance"]
-    assert sorted((c["seed"], c["command"]) for c in cells.values()) == [(0, "first"), (1, "second")]
+    assert sorted((c["seed"], c["command"]) for c in cells.values()) == [
+        (0, "first"),
+        (1, "second"),
+    ]
     for cell in cells.values():
         assert cell["config"]["members"] == 2 and cell["status"] == "finished"
         assert "split_info" in cell and "data_files" in cell

@@ -1,4 +1,5 @@
-"""The results store survives what a run can throw at it; the registry finds built-ins by entry point."""
+"""The results store survives what a run can throw at it; one reader and writer per artefact;
+the registry finds built-ins by entry point."""
 
 from __future__ import annotations
 

@@ -210,6 +210,10 @@ class _Plan:
         self.timeout = _check_timeout(r.cell_timeout_s)
         if r.executor not in ("local", "ray"):
             raise RequestError("executor", r.executor, "use 'local' or 'ray'")
+        if r.executor == "ray":
+            from uqbench.app.executors import check_ray
+
+            check_ray(r.ray_address)
         sets = {str(m): dict(v) for m, v in dict(r.sets).items()}
         for method in sets:
             if method not in self.methods:
@@ -234,6 +238,7 @@ class _Plan:
         self.out_dir = Path(r.out or f"runs/{r.benchmark}")
         check_out_dir(self.out_dir)
         self.data_root = None if r.data_root is None else str(r.data_root)
+        cached_benchmark.cache_clear()  # files may have changed since an earlier call
         self.data = cached_benchmark(r.benchmark, self.data_root, self.ood)
         self.specs = [
             CellSpec(
@@ -521,6 +526,7 @@ def evaluate(request: EvaluateRequest) -> EvaluateResult:
         device=resolve_device(r.device),
         memory_budget=budget * 2**20,
     )
+    cached_benchmark.cache_clear()
     data = cached_benchmark(spec.benchmark, spec.data_root, spec.extra_ood)
     check_samples_memory(spec.n_samples, data, spec.device)
     sampler = build_sampler(spec, data)

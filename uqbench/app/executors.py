@@ -139,6 +139,17 @@ def check_ray_address(address: str | None) -> None:
         ) from None
 
 
+def check_ray(address: str | None) -> None:
+    """Refuse the Ray executor up front when Ray is missing or the address is not usable."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "the ray executor needs Ray: pip install 'uqbench[ray]' (or use the local executor)"
+        ) from None
+    check_ray_address(address)
+
+
 def run_ray(
     specs: Sequence[CellSpec],
     on_result: OnResult,
