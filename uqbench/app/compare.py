@@ -479,7 +479,8 @@ def report(out_dir: Path, *, all_cells: bool = False) -> str:
             )
     if not chosen:
         raise UserError(f"{store_path} holds no finished cell yet")
-    return render(out_dir, chosen, config.get("task", "classification"))
+    with OutputLock(out_dir, "uqbench report"):
+        return render(out_dir, chosen, config.get("task", "classification"))
 
 
 # --- evaluate -----------------------------------------------------------------------------
