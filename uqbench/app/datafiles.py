@@ -21,12 +21,13 @@ _CHUNK = 1 << 20
 
 
 def data_files_of(data: object, ood_paths: Iterable[str]) -> list[Path]:
-    """Every data file behind a loaded benchmark: ``data.files_read``, the file paths among
-    ``data.sources`` and the ``--ood`` paths (folders expanded), sorted, resolved."""
+    """Every data file behind a loaded benchmark: ``data.files_read``, the existing file
+    paths named in ``data.sources`` and the ``--ood`` paths (folders expanded), sorted and
+    resolved."""
     candidates: list[Path] = [Path(p) for p in getattr(data, "files_read", ()) or ()]
-    for value in (getattr(data, "sources", {}) or {}).values():
-        if isinstance(value, str) and value and not value.startswith(("generated", "none")):
-            candidates.append(Path(value))
+    for value in (getattr(data, "sources", {}) or {}).values():  # "A + B", or a description
+        if isinstance(value, str):
+            candidates += [Path(token) for token in value.split() if os.sep in token]
     candidates += [Path(p) for p in ood_paths]
     files: set[Path] = set()
     for path in candidates:
