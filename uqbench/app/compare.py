@@ -12,6 +12,7 @@ fails is recorded as failed with its reason; the other cells still run.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -133,8 +134,6 @@ def _presets_overrides(path: str | Path | None, benchmark: str) -> dict[str, dic
     against every registered method's config fields."""
     if path is None:
         return {}
-    import dataclasses
-
     from uqbench.app.presets import check_presets, read_presets
 
     presets = read_presets(path)
@@ -257,7 +256,7 @@ class _Plan:
         ]
         for m in self.methods:  # the method's own checks of its config, before any fit
             first = next(s for s in self.specs if s.method == m)
-            build_sampler(first, self.data)
+            build_sampler(dataclasses.replace(first, device="cpu"), self.data)
         check_samples_memory(self.samples, self.data, self.device)
         self.executor = r.executor
         self.ray_address = r.ray_address
