@@ -10,6 +10,8 @@ by name, the others still run, and the command ends with exit status 1 and a sum
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -213,6 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("uqbench: interrupted; finished cells are kept in the results store", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `uqbench list | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 
@@ -233,12 +238,17 @@ def list_everything() -> None:
     benchmarks = list_benchmarks()
     name_w = max(len(n) for n in [r[0] for r in rows] + [b[0] for b in benchmarks])
     package_w = max((len(r[1]) for r in rows), default=0)
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+    def show(line: str) -> None:
+        print(line if width is None or len(line) <= width else line[: width - 1] + "…")
+
     print("methods:")
     for name, package, text in rows:
-        print(f"  {name:<{name_w}}  {package:<{package_w}}  {text}")
+        show(f"  {name:<{name_w}}  {package:<{package_w}}  {text}")
     print("benchmarks:")
     for name, description in benchmarks:
-        print(f"  {name:<{name_w}}  {description}")
+        show(f"  {name:<{name_w}}  {description}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -31,8 +31,8 @@ from uqbench.app.outputs import (
     FAILURES_NAME,
     STORE_NAME,
     append_failure_log,
-    cell_arrays,
     check_out_dir,
+    load_arrays,
     long_table,
     prepare_out_dir,
     read_config,
@@ -342,7 +342,7 @@ def _why_recompute(
             return True, changed
     if row.arrays:
         try:
-            cell_arrays(out_dir, row)
+            load_arrays(out_dir, row)
         except UserError:
             return True, f"its {row.arrays} is missing or unreadable"
     if row.checkpoint and not (out_dir / row.checkpoint).is_file():
@@ -426,12 +426,22 @@ def compare(request: CompareRequest) -> CompareResult:
                     from uqbench.app.executors import run_ray
 
                     run_ray(
-                        todo, on_result, on_failure, address=plan.ray_address, timeout=plan.timeout
+                        todo,
+                        on_result,
+                        on_failure=on_failure,
+                        address=plan.ray_address,
+                        timeout=plan.timeout,
                     )
                 else:
                     from uqbench.app.executors import run_local
 
-                    run_local(todo, on_result, on_failure, progress.for_cell, timeout=plan.timeout)
+                    run_local(
+                        todo,
+                        on_result,
+                        progress.for_cell,
+                        on_failure=on_failure,
+                        timeout=plan.timeout,
+                    )
             records = _records_for(store, plan.specs)
         config["invocations"][-1]["finished"] = now_iso()
         write_config(out_dir, config)

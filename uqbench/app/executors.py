@@ -60,19 +60,27 @@ def guarded_cell(
         return CellFailure(spec, one_line(exc), traceback.format_exc())
 
 
+def _raise(failure: CellFailure) -> None:
+    raise UserError(f"{failure.spec.label} failed: {failure.reason}")
+
+
 def run_local(
     specs: Sequence[CellSpec],
     on_result: OnResult,
-    on_failure: OnFailure,
     progress_for: ProgressFor,
     *,
+    on_failure: OnFailure | None = None,
     timeout: float | None = None,
 ) -> None:
-    """Run cells in this process, in order; each result is handed over as soon as it is done."""
+    """Run cells in this process, in order; each result is handed over as soon as it is done.
+
+    A failed cell goes to ``on_failure`` and the next cell runs; without ``on_failure`` it
+    raises a UserError with its one-line reason.
+    """
     for spec in specs:
         result = guarded_cell(spec, progress_for(spec) if timeout is None else None, timeout)
         if isinstance(result, CellFailure):
-            on_failure(result)
+            (on_failure or _raise)(result)
         else:
             on_result(result)
 
@@ -153,13 +161,14 @@ def check_ray(address: str | None) -> None:
 def run_ray(
     specs: Sequence[CellSpec],
     on_result: OnResult,
-    on_failure: OnFailure,
     *,
+    on_failure: OnFailure | None = None,
     address: str | None = None,
     cpus_per_cell: float = 1.0,
     timeout: float | None = None,
 ) -> None:
-    """Run each cell as a Ray task (a GPU each when the cell's device is CUDA)."""
+    """Run each cell as a Ray task (a GPU each when the cell's device is CUDA); failed
+    cells are handled as in :func:`run_local`."""
     try:
         import ray
     except ImportError:
@@ -191,7 +200,7 @@ def run_ray(
                 except ray.exceptions.RayError as exc:  # the worker itself died
                     result = CellFailure(spec, one_line(exc), str(exc))
                 if isinstance(result, CellFailure):
-                    on_failure(result)
+                    (on_failure or _raise)(result)
                 else:
                     on_result(result)
     finally:

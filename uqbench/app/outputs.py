@@ -30,7 +30,7 @@ from uqbench.app.checkpoints import save_checkpoint
 from uqbench.app.runner import CellOutcome, spec_as_dict
 from uqbench.app.store import CellRecord, ResultsStore
 from uqbench.errors import UserError
-from uqbench.evaluation.arrays import load_arrays, save_arrays
+from uqbench.evaluation import arrays as arrays_io
 
 STORE_NAME = "results.sqlite"
 CONFIG_NAME = "config.json"
@@ -100,7 +100,7 @@ def save_outcome(
     spec = outcome.spec
     cells = arrays_path(out_dir, spec.file_stem)
     try:
-        save_arrays(cells, outcome.arrays)
+        arrays_io.save_arrays(cells, outcome.arrays)
     except OSError as exc:
         raise UserError(f"cannot write {cells} ({exc.strerror or exc}); free space") from None
     ckpt = save_checkpoint(
@@ -122,12 +122,12 @@ def save_outcome(
     return record
 
 
-def cell_arrays(out_dir: Path, record: CellRecord) -> dict:
+def load_arrays(out_dir: Path, record: CellRecord) -> dict:
     """The npz arrays of one stored cell, with their original ``a/b`` names."""
     if not record.arrays:
         return {}
     try:
-        return load_arrays(out_dir / record.arrays)
+        return arrays_io.load_arrays(out_dir / record.arrays)
     except UserError as exc:
         raise UserError(f"{exc}; re-run the same `uqbench compare` to recompute the cell") from None
 
@@ -167,7 +167,7 @@ def render(out_dir: Path, records: list[CellRecord], task_kind: str) -> str:
     first_seed: dict[str, CellRecord] = {}
     for r in sorted(records, key=lambda r: r.seed):
         first_seed.setdefault(r.method, r)
-    cells = {m: cell_arrays(out_dir, r) for m, r in first_seed.items()}
+    cells = {m: load_arrays(out_dir, r) for m, r in first_seed.items()}
     df.to_csv(out_dir / "table.csv", index=False)
     markdown = to_markdown(df)
     atomic_write_text(out_dir / "table.md", markdown + "\n")
