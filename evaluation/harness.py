@@ -40,6 +40,7 @@ from torch import Tensor
 
 from uqbench.data.benchmark import BenchmarkData
 from uqbench.errors import UserError
+from uqbench.evaluation import arrays as arrays_io
 from uqbench.evaluation import metrics as M
 from uqbench.evaluation import regression as R
 from uqbench.functional import DEFAULT_MEMORY_BUDGET, batched_predict
@@ -76,16 +77,14 @@ class Evaluation:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     def save_arrays(self, path: str | Path) -> Path:
-        """Write ``arrays`` to a compressed ``.npz`` (keys kept, '/' included)."""
-        path = Path(path)
-        np.savez_compressed(path, **self.arrays)
-        return path
+        """Write ``arrays`` to a compressed ``.npz`` (see :mod:`uqbench.evaluation.arrays`)."""
+        return arrays_io.save_arrays(path, self.arrays)
 
 
 def load_arrays(path: str | Path) -> dict[str, np.ndarray]:
-    """Read a cell's ``.npz`` back into a plain dict (the ``cells`` values of the plots)."""
-    with np.load(Path(path), allow_pickle=False) as npz:
-        return {k: npz[k] for k in npz.files}
+    """Read a cell's ``.npz`` back into a plain dict (the ``cells`` values of the plots);
+    reads the cells of every results folder (see :mod:`uqbench.evaluation.arrays`)."""
+    return arrays_io.load_arrays(path)
 
 
 @torch.no_grad()

@@ -45,3 +45,24 @@ def test_ray_executor_matches_local(tmp_path):
         scored.value_local, scored.value_ray, check_names=False, rtol=1e-4
     )
     assert len(list((tmp_path / "ray" / "checkpoints").glob("*.pt"))) == 4
+
+
+@pytest.mark.parametrize(
+    ("address", "words"),
+    [
+        ("bogus", "'bogus' is not HOST:PORT"),
+        ("127.0.0.1:1", "cannot reach the Ray cluster at 127.0.0.1:1"),
+    ],
+)
+def test_bad_or_unreachable_ray_address_is_one_line_within_a_timeout(
+    tmp_path, capsys, address, words
+):
+    import time
+
+    start = time.perf_counter()
+    out = tmp_path / "out"
+    rc = main([*ARGS, "--out", str(out), "--executor", "ray", "--ray-address", address])
+    assert rc == 2 and time.perf_counter() - start < 30
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("uqbench: error:") and words in err and "\n" not in err, err
+    assert not out.exists()

@@ -9,6 +9,7 @@ A fitted :class:`WeightSampler` draws ``n`` whole weight sets at once as a dict
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -114,11 +115,11 @@ class WeightSampler(ABC):
     def check_n(self, n: int) -> None:
         """Raise a UserError when ``n`` is not a number of networks this sampler can draw."""
         if n < 1:
-            raise UserError(f"{self.name}: asked for {n} sampled networks; use a count >= 1")
+            raise UserError(f"{self.name}: asked for {n} sampled networks; ask for at least 1")
         if self.max_samples is not None and n > self.max_samples:
             raise UserError(
                 f"{self.name}: asked for {n} networks but it holds only {self.max_samples}; "
-                f"use --samples {self.max_samples} or train more members"
+                f"ask for at most {self.max_samples} samples, or train more members"
             )
 
     def param_shapes(self) -> dict[str, torch.Size]:
@@ -153,7 +154,11 @@ class WeightSampler(ABC):
         return config
 
 
-def _cast(raw: str, current: Any, label: str) -> Any:
+def _cast(raw: Any, current: Any, label: str) -> Any:
+    """``raw`` (a string as on the command line, or an already typed value) as a value of
+    the type of the field's ``current`` value; non-finite floats are refused."""
+    if not isinstance(raw, str):
+        return _check_typed(raw, current, label)
     try:
         if isinstance(current, bool):
             if raw.lower() in ("1", "true", "yes", "on"):
@@ -164,7 +169,10 @@ def _cast(raw: str, current: Any, label: str) -> Any:
         if isinstance(current, int):
             return int(raw)
         if isinstance(current, float):
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError(raw)
+            return value
         if isinstance(current, tuple):
             return (
                 tuple(type(current[0])(v) for v in raw.split(","))
@@ -175,10 +183,42 @@ def _cast(raw: str, current: Any, label: str) -> Any:
             return None if raw.lower() == "none" else raw
         return type(current)(raw)
     except ValueError:
-        kind = {bool: "true or false", int: "an integer", float: "a number"}.get(
-            type(current), type(current).__name__
+        raise UserError(f"{label}={raw}: expected {_kind(current)}") from None
+
+
+def _kind(current: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a finite number"}.get(
+        type(current), type(current).__name__
+    )
+
+
+def _check_typed(value: Any, current: Any, label: str) -> Any:
+    ok = (
+        current is None
+        or (isinstance(current, bool) and isinstance(value, bool))
+        or (
+            isinstance(current, int)
+            and not isinstance(current, bool)
+            and isinstance(value, int)
+            and not isinstance(value, bool)
         )
-        raise UserError(f"--set {label}={raw}: expected {kind}") from None
+        or (
+            isinstance(current, float)
+            and isinstance(value, int | float)
+            and not isinstance(value, bool)
+        )
+        or (isinstance(current, tuple) and isinstance(value, list | tuple))
+        or (isinstance(current, str) and isinstance(value, str))
+    )
+    if not ok:
+        raise UserError(f"{label}={value!r}: expected {_kind(current)}")
+    if isinstance(current, float):
+        value = float(value)
+        if not math.isfinite(value):
+            raise UserError(f"{label}={value!r}: expected {_kind(current)}")
+    if isinstance(current, tuple):
+        value = tuple(value)
+    return value
 
 
 def _tensors(obj: Any):

@@ -1,28 +1,39 @@
 """The ``uqbench`` command: compare, list, report, evaluate.
 
-User mistakes surface as ``uqbench: error: <one line>`` and exit status 2, before any
-training starts where they can be checked up front; finished cells are never lost.
+Each command parses its flags into the same request the library takes
+(:mod:`uqbench.app.requests`) and calls the library. User mistakes surface as
+``uqbench: error: <one line>`` and exit status 2, before any training starts and before
+anything is written where they can be checked up front; a cell that fails is reported
+by name, the others still run, and the command ends with exit status 1 and a summary.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from uqbench.app.options import command_line
+from uqbench.app.options import command_line, parse_seeds, parse_sets
+from uqbench.app.requests import DEFAULT_METHODS, RequestError
 from uqbench.data.registry import DEFAULT_BENCHMARK
 from uqbench.errors import UserError
 
-DEFAULT_METHODS = "hypergan,mcdropout"
+#: Exit status when every input was fine but some cells failed.
+EXIT_CELLS_FAILED = 1
+EXIT_USER_ERROR = 2
+
+#: Request fields -> the flag a user typed.
+_FLAGS = {"cell_timeout_s": "cell-timeout"}
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse that reports bad flags as one line with exit status 2 (its own convention)."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"uqbench: error: {message} (see `uqbench {self.prog.split()[-1]} --help`)\n")
+        self.exit(EXIT_USER_ERROR, f"uqbench: error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,9 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     compare = sub.add_parser("compare", help="train, evaluate and tabulate methods on a benchmark")
-    compare.add_argument("--methods", default=DEFAULT_METHODS, help="comma-separated method names")
+    compare.add_argument(
+        "--methods", default=",".join(DEFAULT_METHODS), help="comma-separated method names"
+    )
     compare.add_argument("--benchmark", default=DEFAULT_BENCHMARK)
-    compare.add_argument("--seeds", default="0", help="comma-separated integer seeds")
+    compare.add_argument("--seeds", default="0", help="comma-separated seeds in [0, 2**32)")
     compare.add_argument("--samples", type=int, default=100, help="sampled networks per evaluation")
     compare.add_argument(
         "--set",
@@ -40,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="METHOD.KEY=VALUE",
         help="override a method's config, e.g. hypergan.beta=10",
+    )
+    compare.add_argument(
+        "--presets",
+        default=None,
+        metavar="FILE",
+        help="presets file from `uqbench tune`, applied after built-in presets, before --set",
     )
     compare.add_argument("--out", default=None, help="output folder (default runs/<benchmark>)")
     compare.add_argument("--executor", choices=("local", "ray"), default="local")
@@ -50,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=1024,
         help="activation memory budget of one batched forward pass",
+    )
+    compare.add_argument(
+        "--cell-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop a cell (fit + evaluation) that runs longer; it counts as failed",
     )
 
     sub.add_parser("list", help="methods (built-in and plugins) and benchmarks")
@@ -91,47 +117,144 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
 
+def _parse_ood(items: Sequence[str]) -> dict[str, str]:
+    from uqbench.data.ood import parse_ood_option
+
+    out: dict[str, str] = {}
+    for item in items:
+        name, path = parse_ood_option(item)
+        if name in out:
+            raise UserError(f"--ood {name} is given twice; give each OOD set its own NAME")
+        out[name] = path
+    return out
+
+
+def compare_request(args: argparse.Namespace, argv: Sequence[str] | None):
+    from uqbench.app.requests import CompareRequest
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    return CompareRequest(
+        methods=methods,
+        benchmark=args.benchmark,
+        seeds=parse_seeds(args.seeds),
+        samples=args.samples,
+        sets=parse_sets(args.set, methods),
+        presets=args.presets,
+        out=args.out,
+        executor=args.executor,
+        ray_address=args.ray_address,
+        data_root=args.data_root,
+        ood=_parse_ood(args.ood),
+        device=args.device,
+        memory_budget_mb=args.memory_budget_mb,
+        cell_timeout_s=args.cell_timeout,
+        command=command_line(argv),
+    )
+
+
+def evaluate_request(args: argparse.Namespace):
+    from uqbench.app.requests import EvaluateRequest
+
+    return EvaluateRequest(
+        checkpoint=args.checkpoint,
+        benchmark=args.benchmark,
+        samples=args.samples,
+        seed=args.seed,
+        data_root=args.data_root,
+        ood=_parse_ood(args.ood),
+        device=args.device,
+        memory_budget_mb=args.memory_budget_mb,
+    )
+
+
+def _message(exc: UserError) -> str:
+    """The one-line message of a library error, naming the flag where one was wrong."""
+    if isinstance(exc, RequestError):
+        flag = _FLAGS.get(exc.field, exc.field.replace("_", "-"))
+        value = ",".join(map(str, exc.value)) if isinstance(exc.value, list | tuple) else exc.value
+        text = f"--{flag} {value}: {exc.problem}"
+    else:
+        text = str(exc)
+    return " ".join(text.split())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "compare":
-            from uqbench.app.compare import compare
+            from uqbench.app.compare import FAILURES_NAME, compare
 
-            compare(args, command_line=command_line(argv))
+            result = compare(compare_request(args, argv))
+            if result.markdown:
+                print(result.markdown)
+                print(
+                    f"\nwrote {result.out}/table.md, table.csv, config.json, figures/, cells/, "
+                    "checkpoints/, results.sqlite"
+                )
+            if result.failed:
+                total = len(result.failed) + len(result.ran) + len(result.skipped)
+                print(
+                    f"uqbench: {len(result.failed)} of {total} cells failed "
+                    f"(tracebacks in {result.out / FAILURES_NAME}):",
+                    file=sys.stderr,
+                )
+                for cell in result.failed:
+                    print(f"  {cell.label}: {cell.reason}", file=sys.stderr)
+                return EXIT_CELLS_FAILED
         elif args.command == "list":
             list_everything()
         elif args.command == "report":
             from uqbench.app.compare import report
 
-            report(Path(args.dir), all_cells=args.all_cells, baseline=args.baseline)
+            print(report(Path(args.dir), all_cells=args.all_cells, baseline=args.baseline))
         elif args.command == "evaluate":
-            from uqbench.app.compare import evaluate_checkpoint
+            import json
 
-            evaluate_checkpoint(args)
+            from uqbench.app.compare import evaluate
+
+            result = evaluate(evaluate_request(args))
+            print(result.markdown)
+            print(json.dumps(result.metrics, indent=2, sort_keys=True))
     except UserError as exc:
-        print(f"uqbench: error: {exc}", file=sys.stderr)
-        return 2
+        print(f"uqbench: error: {_message(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("uqbench: interrupted; finished cells are kept in the results store", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `uqbench list | head`: the reader has gone
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     return 0
 
 
 def list_everything() -> None:
-    """Print every method with the package it comes from (and import failures), then benchmarks."""
+    """Print every method with the package it comes from (and import failures), then
+    benchmarks, in columns as wide as their longest entry."""
     from uqbench.data.registry import list_benchmarks
     from uqbench.registry import discover
 
-    print("methods:")
-    for name, info in sorted(discover().items()):
+    methods = sorted(discover().items())
+    rows = []
+    for name, info in methods:
         if info.error is None:
             doc = (info.cls.__doc__ or "").strip().splitlines()
-            print(f"  {name:<12} {info.package:<16} {doc[0] if doc else ''}")
+            rows.append((name, info.package, doc[0] if doc else ""))
         else:
-            print(f"  {name:<12} {info.package:<16} FAILED TO IMPORT: {info.error}")
+            rows.append((name, info.package, f"FAILED TO IMPORT: {info.error}"))
+    benchmarks = list_benchmarks()
+    name_w = max(len(n) for n in [r[0] for r in rows] + [b[0] for b in benchmarks])
+    package_w = max((len(r[1]) for r in rows), default=0)
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+    def show(line: str) -> None:
+        print(line if width is None or len(line) <= width else line[: width - 1] + "…")
+
+    print("methods:")
+    for name, package, text in rows:
+        show(f"  {name:<{name_w}}  {package:<{package_w}}  {text}")
     print("benchmarks:")
-    for name, description in list_benchmarks():
-        print(f"  {name:<16} {description}")
+    for name, description in benchmarks:
+        show(f"  {name:<{name_w}}  {description}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,148 +1,470 @@
-"""``uqbench compare`` / ``report`` / ``evaluate``: plan cells, run them, write the results folder.
+"""``compare`` / ``report`` / ``evaluate``: plan cells, run them, write the results folder.
 
-Everything a user can get wrong is checked before the first cell trains: methods,
-benchmark and its data files, ``--samples``, ``--set``, ``--ood``, the output folder.
-Each finished cell is written at once (arrays, checkpoint, then its store row), and a
-re-run of the same command skips the cells the store already holds.
+Everything a caller can get wrong is checked before the first cell trains and before
+anything in the output folder changes: methods, benchmark and its data files, samples
+(and the memory they need), seeds, settings and presets (every cell's config is built and
+its sampler constructed), OOD sets, the output folder, its store and its config.json.
+Then the folder is locked, and each finished cell is written at once (arrays,
+checkpoint, then its store row). A re-run skips the cells the store already holds,
+unless the data a cell read changed or its files are gone (it says which). A cell that
+fails is recorded as failed with its reason; the other cells still run.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
+import math
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from uqbench.app.options import config_as_dict, dump_json, now_iso, parse_seeds, parse_sets
+from uqbench.app.checkpoints import load_checkpoint
+from uqbench.app.datafiles import FileHashes, data_files_of, why_changed
+from uqbench.app.executors import CellFailure
+from uqbench.app.lock import OutputLock
+from uqbench.app.options import config_as_dict, now_iso
 from uqbench.app.outputs import (
     CONFIG_NAME,
+    FAILURES_NAME,
     STORE_NAME,
+    append_failure_log,
     atomic_write_text,
+    check_out_dir,
+    load_arrays,
+    long_table,
     prepare_out_dir,
     read_config,
     render,
     save_outcome,
+    write_config,
 )
 from uqbench.app.progress import CellProgress
-from uqbench.app.runner import CellSpec, cached_benchmark
-from uqbench.app.store import ResultsStore
+from uqbench.app.requests import (
+    CompareRequest,
+    CompareResult,
+    EvaluateRequest,
+    EvaluateResult,
+    FailedCell,
+    RequestError,
+)
+from uqbench.app.runner import CellOutcome, CellSpec, build_sampler, cached_benchmark
+from uqbench.app.store import CellRecord, ResultsStore
+from uqbench.data.benchmark import BenchmarkData
 from uqbench.environment import machine, package_versions, resolve_device
 from uqbench.errors import UserError
-from uqbench.registry import load_method
+from uqbench.registry import discover, load_method
+
+#: Seeds are 32-bit: numpy's and torch's generators would map s and s + 2**32 alike.
+SEED_LIMIT = 2**32
+MIN_MEMORY_BUDGET_MB = 16
 
 
-def _parse_ood(items: list[str]) -> tuple[tuple[str, str], ...]:
+# --- checking a request -------------------------------------------------------------------
+def _method_list(methods: str | Sequence[str]) -> list[str]:
+    names = methods.split(",") if isinstance(methods, str) else list(methods)
+    if not all(isinstance(m, str) for m in names):
+        raise RequestError("methods", methods, "expected method names (strings)")
+    names = [m.strip() for m in names if m.strip()]
+    if not names:
+        raise RequestError(
+            "methods",
+            methods,
+            "name at least one method, e.g. hypergan,mcdropout (see `uqbench list`)",
+        )
+    if len(set(names)) != len(names):
+        raise RequestError("methods", ",".join(names), "a method is listed twice")
+    return names
+
+
+def check_count(name: str, value: Any, *, low: int, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise RequestError(name, value, f"{what} must be a whole number >= {low}")
+    return value
+
+
+def check_seeds(seeds: Sequence[int]) -> list[int]:
+    seeds = [seeds] if isinstance(seeds, int) else list(seeds)
+    if not seeds:
+        raise RequestError("seeds", seeds, "give at least one seed, e.g. 0")
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < SEED_LIMIT:
+            raise RequestError(
+                "seeds", s, f"a seed must be a whole number in [0, 2**32 = {SEED_LIMIT})"
+            )
+    if len(set(seeds)) != len(seeds):
+        raise RequestError(
+            "seeds",
+            ",".join(map(str, seeds)),
+            "a seed is listed twice (it would train the same cell twice)",
+        )
+    return seeds
+
+
+def _check_ood(ood: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     from uqbench.data.ood import parse_ood_option
 
-    return tuple(parse_ood_option(item) for item in items)
+    return tuple(parse_ood_option(f"{name}={path}") for name, path in dict(ood).items())
 
 
-def plan_cells(args: argparse.Namespace) -> tuple[list[CellSpec], dict]:
-    """The cells of a compare command and the resolved config of each method."""
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    if not methods:
-        raise UserError(
-            "--methods is empty; e.g. --methods hypergan,mcdropout (see `uqbench list`)"
+def _check_timeout(value: float | None) -> float | None:
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and value > 0)
+    ):
+        raise RequestError(
+            "cell_timeout_s", value, "a cell's time limit must be a number of seconds > 0"
         )
-    if len(set(methods)) != len(methods):
-        raise UserError(f"--methods {args.methods}: a method is listed twice")
-    if args.samples < 1:
-        raise UserError(f"--samples {args.samples}: the number of sampled networks must be >= 1")
-    if args.memory_budget_mb < 16:
-        raise UserError("--memory-budget-mb must be at least 16")
-    seeds = parse_seeds(args.seeds)
-    overrides = parse_sets(args.set, methods)
-    classes = {m: load_method(m) for m in methods}
+    return float(value)
+
+
+def _check_benchmark(name: str) -> None:
     from uqbench.data.registry import BENCHMARKS
 
-    if args.benchmark not in BENCHMARKS:
-        raise UserError(
-            f"unknown benchmark {args.benchmark!r}; known: {', '.join(sorted(BENCHMARKS))}"
-        )
-    configs = {
-        m: config_as_dict(classes[m].make_config(overrides[m], benchmark=args.benchmark))
-        for m in methods
+    if name not in BENCHMARKS:
+        raise UserError(f"unknown benchmark {name!r}; known: {', '.join(sorted(BENCHMARKS))}")
+
+
+def _presets_overrides(path: str | Path | None, benchmark: str) -> dict[str, dict[str, Any]]:
+    """Each method's tuned settings from a presets file (empty without one), checked
+    against every registered method's config fields."""
+    if path is None:
+        return {}
+    from uqbench.app.presets import check_presets, read_presets
+
+    presets = read_presets(path)
+    known = {
+        name: {f.name for f in dataclasses.fields(info.cls.Config)}
+        for name, info in discover().items()
+        if info.cls is not None
     }
-    device = resolve_device(args.device)
-    ood = _parse_ood(args.ood)
-    specs = [
-        CellSpec(
-            method=m,
-            benchmark=args.benchmark,
-            seed=s,
-            config=configs[m],
-            n_samples=args.samples,
-            data_root=args.data_root,
-            extra_ood=ood,
-            device=device,
-            memory_budget=args.memory_budget_mb * 2**20,
+    check_presets(presets, benchmark, known, path)
+    return {m: presets.config_of(m) for m in presets.methods}
+
+
+def _available_memory_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_samples_memory(n: int, data: BenchmarkData, device: str) -> None:
+    """Refuse ``n`` sampled networks whose weights and predictions cannot fit in memory.
+
+    Estimate: ``n`` weight sets (float32, drawn and copied to the device) plus, for every
+    test and OOD point, ``n`` per-network outputs kept as float32 log-probabilities and
+    float64 probabilities (what the harness holds to score them).
+    """
+    params = sum(p.numel() for p in data.make_target().parameters())
+    points = len(data.test) + sum(len(x) for x in data.ood.values())
+    outputs = data.task.num_classes if data.task.is_classification else 2
+    needed = n * (8 * params + 12 * points * outputs)
+    available = _available_memory_bytes()
+    if available is not None and needed > available:
+        raise RequestError(
+            "samples",
+            n,
+            f"{n} sampled networks need about {needed / 2**30:.1f} GiB for their weights and "
+            f"predictions, but {available / 2**30:.1f} GiB is available; use fewer",
         )
-        for m in methods
-        for s in seeds
-    ]
-    return specs, configs
+    if device.startswith("cuda") and torch.cuda.is_available():
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        if n * 4 * params > free:
+            raise RequestError(
+                "samples",
+                n,
+                f"{n} weight sets need {n * 4 * params / 2**30:.1f} GiB on {device}, "
+                f"{free / 2**30:.1f} GiB is free; use fewer",
+            )
 
 
-def compare(args: argparse.Namespace, *, command_line: str) -> None:
-    """Train and evaluate every (method, seed) cell, then write and print the table."""
-    specs, configs = plan_cells(args)
-    out_dir = prepare_out_dir(Path(args.out or f"runs/{args.benchmark}"))
-    data = cached_benchmark(specs[0].benchmark, specs[0].data_root, specs[0].extra_ood)
-    torch.set_num_threads(torch.get_num_threads())
-    resolved = {
-        "command": command_line,
-        "started": now_iso(),
-        "benchmark": args.benchmark,
+class _Plan:
+    """A checked compare: its cells, configs, loaded data and output folder."""
+
+    def __init__(self, request: CompareRequest) -> None:
+        r = request
+        self.methods = _method_list(r.methods)
+        self.samples = check_count(
+            "samples", r.samples, low=1, what="the number of sampled networks"
+        )
+        self.memory_budget_mb = check_count(
+            "memory_budget_mb",
+            r.memory_budget_mb,
+            low=MIN_MEMORY_BUDGET_MB,
+            what="the memory budget (MiB)",
+        )
+        self.seeds = check_seeds(r.seeds)
+        self.timeout = _check_timeout(r.cell_timeout_s)
+        if r.executor not in ("local", "ray"):
+            raise RequestError("executor", r.executor, "use 'local' or 'ray'")
+        if r.executor == "ray":
+            from uqbench.app.executors import check_ray
+
+            check_ray(r.ray_address)
+        sets = {str(m): dict(v) for m, v in dict(r.sets).items()}
+        for method in sets:
+            if method not in self.methods:
+                raise RequestError(
+                    "sets", method, f"{method!r} is not among the methods {','.join(self.methods)}"
+                )
+        self.ood = _check_ood(r.ood)
+        _check_benchmark(r.benchmark)
+        self.benchmark = r.benchmark
+        tuned = _presets_overrides(r.presets, r.benchmark)
+        self.presets = None if r.presets is None else str(r.presets)
+        self.classes = {m: load_method(m) for m in self.methods}
+        self.configs = {
+            m: config_as_dict(
+                self.classes[m].make_config(
+                    {**tuned.get(m, {}), **sets.get(m, {})}, benchmark=r.benchmark
+                )
+            )
+            for m in self.methods
+        }
+        self.device = resolve_device(r.device)
+        self.out_dir = Path(r.out or f"runs/{r.benchmark}")
+        check_out_dir(self.out_dir)
+        self.data_root = None if r.data_root is None else str(r.data_root)
+        cached_benchmark.cache_clear()  # files may have changed since an earlier call
+        self.data = cached_benchmark(r.benchmark, self.data_root, self.ood)
+        self.specs = [
+            CellSpec(
+                method=m,
+                benchmark=r.benchmark,
+                seed=s,
+                config=self.configs[m],
+                n_samples=self.samples,
+                data_root=self.data_root,
+                extra_ood=self.ood,
+                device=self.device,
+                memory_budget=self.memory_budget_mb * 2**20,
+            )
+            for m in self.methods
+            for s in self.seeds
+        ]
+        for m in self.methods:  # the method's own checks of its config, before any fit
+            first = next(s for s in self.specs if s.method == m)
+            build_sampler(dataclasses.replace(first, device="cpu"), self.data)
+        check_samples_memory(self.samples, self.data, self.device)
+        self.executor = r.executor
+        self.ray_address = r.ray_address
+        self.command = r.command or f"python: uqbench.compare({r!r})"
+        if (self.out_dir / STORE_NAME).exists():
+            ResultsStore(self.out_dir / STORE_NAME, readonly=True).close()
+        self.previous = read_config(self.out_dir) if (self.out_dir / CONFIG_NAME).exists() else {}
+
+
+# --- provenance ---------------------------------------------------------------------------
+def _provenance(plan: _Plan, data_files: dict[str, str], started: str) -> dict:
+    """config.json of this compare, accumulated onto the folder's earlier invocations."""
+    prev = plan.previous
+    invocations = list(prev.get("invocations", []))
+    if not invocations and "command" in prev:  # a folder written before invocations were kept
+        invocations.append({k: prev.get(k) for k in ("command", "started", "cells")})
+    invocations.append(
+        {
+            "command": plan.command,
+            "started": started,
+            "finished": None,
+            "cells": [s.file_stem for s in plan.specs],
+            "failed": [],
+        }
+    )
+    data = plan.data
+    return {
+        "command": plan.command,
+        "started": started,
+        "benchmark": plan.benchmark,
         "task": data.task.kind,
-        "methods": configs,
-        "seeds": sorted({s.seed for s in specs}),
-        "samples": args.samples,
-        "executor": args.executor,
-        "device": specs[0].device,
+        "methods": plan.configs,
+        "seeds": sorted(plan.seeds),
+        "samples": plan.samples,
+        "executor": plan.executor,
+        "device": plan.device,
+        "presets": plan.presets,
         "data_sources": data.sources,
-        "ood": [list(p) for p in specs[0].extra_ood],
-        "cells": [s.file_stem for s in specs],
+        "split_info": dict(getattr(data, "split_info", {}) or {}),
+        "data_files": data_files,
+        "ood": [list(p) for p in plan.ood],
+        "cells": [s.file_stem for s in plan.specs],
+        "cell_provenance": dict(prev.get("cell_provenance", {})),
+        "invocations": invocations,
         "versions": package_versions(),
         "machine": machine(),
     }
-    atomic_write_text(out_dir / CONFIG_NAME, dump_json(resolved) + "\n")
-    with ResultsStore(out_dir / STORE_NAME) as store:
-        todo = []
-        for spec in specs:
-            if store.is_finished(spec.method, spec.benchmark, spec.seed, spec.config_hash):
-                print(f"skipping {spec.label}: already finished in {out_dir / STORE_NAME}")
-            else:
+
+
+def _cell_provenance(
+    spec: CellSpec, plan: _Plan, data_files: dict[str, str], status: str, error: str | None
+) -> dict:
+    return {
+        "method": spec.method,
+        "benchmark": spec.benchmark,
+        "seed": spec.seed,
+        "config": spec.config,
+        "config_hash": spec.config_hash,
+        "n_samples": spec.n_samples,
+        "ood": [list(p) for p in spec.extra_ood],
+        "split_info": dict(getattr(plan.data, "split_info", {}) or {}),
+        "data_files": data_files,
+        "command": plan.command,
+        "status": status,
+        "error": error,
+        "at": now_iso(),
+    }
+
+
+# --- compare ------------------------------------------------------------------------------
+def _why_recompute(
+    store: ResultsStore, out_dir: Path, spec: CellSpec, data_files: dict[str, str]
+) -> tuple[bool, str | None]:
+    """``(run, reason)``: whether ``spec`` must run, and why a stored cell is not reused."""
+    row = store.get(spec.method, spec.benchmark, spec.seed, spec.config_hash)
+    if row is None:
+        return True, None
+    if row.status != "finished":
+        return True, f"it failed before ({row.error})"
+    if row.data_files is not None:
+        changed = why_changed(row.data_files, data_files)
+        if changed:
+            return True, changed
+    if row.arrays:
+        try:
+            load_arrays(out_dir, row)
+        except UserError:
+            return True, f"its {row.arrays} is missing or unreadable"
+    if row.checkpoint and not (out_dir / row.checkpoint).is_file():
+        return True, f"its {row.checkpoint} is missing"
+    return False, None
+
+
+def compare(request: CompareRequest) -> CompareResult:
+    """Train and evaluate every (method, seed) cell, write the results folder, and return
+    the table of every finished cell of the request with the cells that failed."""
+    plan = _Plan(request)
+    out_dir = prepare_out_dir(plan.out_dir)
+    with OutputLock(out_dir, plan.command):
+        if (out_dir / CONFIG_NAME).exists():  # another command may have finished meanwhile
+            plan.previous = read_config(out_dir)
+        hashes = FileHashes(out_dir)
+        data_files = hashes.of(data_files_of(plan.data, [p for _, p in plan.ood]))
+        hashes.save()
+        torch.set_num_threads(torch.get_num_threads())
+        config = _provenance(plan, data_files, now_iso())
+        write_config(out_dir, config)
+        failed: list[FailedCell] = []
+        ran: list[str] = []
+        skipped: list[str] = []
+        with ResultsStore(out_dir / STORE_NAME) as store:
+            todo = []
+            for spec in plan.specs:
+                run, reason = _why_recompute(store, out_dir, spec, data_files)
+                if not run:
+                    print(f"skipping {spec.label}: already finished in {out_dir / STORE_NAME}")
+                    skipped.append(spec.file_stem)
+                    continue
+                if reason:
+                    print(f"recomputing {spec.label}: {reason}")
                 todo.append(spec)
-        with CellProgress(len(todo)) as progress:
+            with CellProgress(len(todo)) as progress:
 
-            def on_result(outcome) -> None:
-                save_outcome(out_dir, outcome, store)
-                progress.cell_done(outcome.spec, outcome.metrics)
+                def on_result(outcome: CellOutcome) -> None:
+                    save_outcome(out_dir, outcome, store, data_files)
+                    config["cell_provenance"][outcome.spec.file_stem] = _cell_provenance(
+                        outcome.spec, plan, data_files, "finished", None
+                    )
+                    write_config(out_dir, config)
+                    ran.append(outcome.spec.file_stem)
+                    progress.cell_done(outcome.spec, outcome.metrics)
 
-            if args.executor == "ray":
-                from uqbench.app.executors import run_ray
+                def on_failure(failure: CellFailure) -> None:
+                    spec = failure.spec
+                    store.record(
+                        CellRecord(
+                            spec.method,
+                            spec.benchmark,
+                            spec.seed,
+                            spec.config_hash,
+                            {},
+                            spec.config,
+                            None,
+                            None,
+                            [],
+                            data_files=data_files,
+                            status="failed",
+                            error=failure.reason,
+                        )
+                    )
+                    append_failure_log(
+                        out_dir,
+                        f"{spec.label} ({spec.file_stem}) {now_iso()}: {failure.reason}",
+                        failure.traceback or failure.reason,
+                    )
+                    config["cell_provenance"][spec.file_stem] = _cell_provenance(
+                        spec, plan, data_files, "failed", failure.reason
+                    )
+                    config["invocations"][-1]["failed"].append(spec.file_stem)
+                    write_config(out_dir, config)
+                    failed.append(
+                        FailedCell(spec.method, spec.benchmark, spec.seed, failure.reason)
+                    )
+                    progress.cell_failed(spec, failure.reason)
 
-                run_ray(todo, on_result, address=args.ray_address)
-            else:
-                from uqbench.app.executors import run_local
+                if plan.executor == "ray":
+                    from uqbench.app.executors import run_ray
 
-                run_local(todo, on_result, progress.for_cell)
-        records = _records_for(store, specs)
-    markdown = render(out_dir, records, data.task.kind)
-    print(markdown)
-    print(
-        f"\nwrote {out_dir}/table.md, table.csv, {CONFIG_NAME}, figures/, cells/, checkpoints/, {STORE_NAME}"
+                    run_ray(
+                        todo,
+                        on_result,
+                        on_failure=on_failure,
+                        address=plan.ray_address,
+                        timeout=plan.timeout,
+                    )
+                else:
+                    from uqbench.app.executors import run_local
+
+                    run_local(
+                        todo,
+                        on_result,
+                        progress.for_cell,
+                        on_failure=on_failure,
+                        timeout=plan.timeout,
+                    )
+            records = _records_for(store, plan.specs)
+        config["invocations"][-1]["finished"] = now_iso()
+        write_config(out_dir, config)
+        markdown = render(out_dir, records, plan.data.task.kind) if records else ""
+    return CompareResult(
+        table=long_table(records),
+        markdown=markdown,
+        out=out_dir,
+        failed=failed,
+        ran=ran,
+        skipped=skipped,
     )
 
 
-def _records_for(store: ResultsStore, specs: list[CellSpec]):
+def _records_for(store: ResultsStore, specs: list[CellSpec]) -> list[CellRecord]:
     wanted = {(s.method, s.benchmark, s.seed, s.config_hash) for s in specs}
-    return [r for r in store.records() if (r.method, r.benchmark, r.seed, r.config_hash) in wanted]
+    return [r for r in store.records() if r.key in wanted]
 
 
-def report(out_dir: Path, *, all_cells: bool = False, baseline: str | None = None) -> None:
-    """Re-render table.md, table.csv and figures from a results folder's store.
+def report(out_dir: Path, *, all_cells: bool = False, baseline: str | None = None) -> str:
+    """Re-render table.md, table.csv and figures from a results folder's store; returns
+    the Markdown table (followed by the differences when ``baseline`` is given).
 
     By default the cells of the last ``compare`` into ``out_dir`` (its config.json);
     ``all_cells``: every finished cell, e.g. after commands with different seeds or methods
@@ -150,86 +472,101 @@ def report(out_dir: Path, *, all_cells: bool = False, baseline: str | None = Non
     ``baseline``: also write differences.md, every method minus ``baseline`` with paired
     bootstrap intervals (:mod:`uqbench.evaluation.intervals`).
     """
+    out_dir = Path(out_dir)
     config = read_config(out_dir)
     store_path = out_dir / STORE_NAME
     if not store_path.exists():
-        raise UserError(
-            f"{out_dir} holds no {STORE_NAME}; run `uqbench compare --out {out_dir}` first"
-        )
-    with ResultsStore(store_path) as store:
+        raise UserError(f"{out_dir} holds no {STORE_NAME}; run `uqbench compare` into it first")
+    with ResultsStore(store_path, readonly=True) as store:
         records = store.records()
     stems = set(config.get("cells", []))
-    chosen = (
-        records
-        if all_cells
-        else [r for r in records if f"{r.method}-{r.benchmark}-s{r.seed}-{r.config_hash}" in stems]
-        or records
-    )
+    chosen = records if all_cells else [r for r in records if r.stem in stems] or records
     seen: dict[tuple[str, str, int], str] = {}
     for r in chosen:
         other = seen.setdefault((r.method, r.benchmark, r.seed), r.config_hash)
         if other != r.config_hash:
             raise UserError(
-                f"{store_path} holds two configs of {r.method} seed {r.seed} ({other}, {r.config_hash}); "
-                "drop --all, or report them from separate --out folders"
+                f"{store_path} holds two configs of {r.method} seed {r.seed} "
+                f"({other}, {r.config_hash}); drop --all, or report them from separate folders"
             )
     if not chosen:
         raise UserError(f"{store_path} holds no finished cell yet")
     differences = None
-    if baseline is not None:  # --baseline: method - baseline with bootstrap intervals
-        from uqbench.app.outputs import load_arrays
+    if baseline is not None:  # method - baseline with paired bootstrap intervals
         from uqbench.evaluation.intervals import baseline_report
 
         cells = {(r.method, r.seed): load_arrays(out_dir, r) for r in chosen}
         differences = baseline_report(cells, baseline)
-    print(render(out_dir, chosen, config.get("task", "classification")))
-    if differences is not None:
+    with OutputLock(out_dir, "uqbench report"):
+        markdown = render(out_dir, chosen, config.get("task", "classification"))
+        if differences is None:
+            return markdown
         atomic_write_text(out_dir / "differences.md", differences + "\n")
-        print("\n" + differences)
+    return f"{markdown}\n\n{differences}"
 
 
-def evaluate_checkpoint(args: argparse.Namespace) -> None:
-    """Load a cell's checkpoint and score it on a benchmark (default: its own) without retraining."""
-    from uqbench.app.outputs import long_table
-    from uqbench.app.runner import build_sampler
-    from uqbench.app.store import CellRecord
-    from uqbench.evaluation.harness import evaluate
+# --- evaluate -----------------------------------------------------------------------------
+_STATE_ERRORS = (RuntimeError, KeyError, ValueError, TypeError, IndexError, AttributeError)
+
+
+def evaluate(request: EvaluateRequest) -> EvaluateResult:
+    """Load a cell's checkpoint and score it on a benchmark (default: its own) without
+    retraining."""
+    from uqbench.evaluation.harness import evaluate as score
     from uqbench.evaluation.tables import to_markdown
 
-    path = Path(args.checkpoint)
-    if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; look in <out>/checkpoints/")
+    r = request
+    if r.samples is not None:
+        check_count("samples", r.samples, low=1, what="the number of sampled networks")
+    budget = check_count(
+        "memory_budget_mb",
+        r.memory_budget_mb,
+        low=MIN_MEMORY_BUDGET_MB,
+        what="the memory budget (MiB)",
+    )
+    (seed,) = check_seeds([r.seed])
+    ood = _check_ood(r.ood)
+    path = Path(r.checkpoint)
+    spec_dict, state = load_checkpoint(path)
+    benchmark = r.benchmark or spec_dict["benchmark"]
+    _check_benchmark(benchmark)
+    cls = load_method(spec_dict["method"])
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-        spec_dict, state = saved["spec"], saved["state"]
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        cls.Config(**spec_dict["config"])
+    except TypeError as exc:
         raise UserError(
-            f"{path} is not a uqbench checkpoint ({type(exc).__name__}); pass a file from <out>/checkpoints/"
+            f"{path}: its config does not fit {cls.name}'s settings ({exc}); it was written by "
+            "another version of the method"
         ) from None
-    benchmark = args.benchmark or spec_dict["benchmark"]
     spec = CellSpec(
         method=spec_dict["method"],
         benchmark=benchmark,
-        seed=args.seed,
+        seed=seed,
         config=spec_dict["config"],
-        n_samples=args.samples or spec_dict["n_samples"],
-        data_root=args.data_root,
-        extra_ood=_parse_ood(args.ood),
-        device=resolve_device(args.device),
-        memory_budget=args.memory_budget_mb * 2**20,
+        n_samples=r.samples if r.samples is not None else int(spec_dict["n_samples"]),
+        data_root=None if r.data_root is None else str(r.data_root),
+        extra_ood=ood,
+        device=resolve_device(r.device),
+        memory_budget=budget * 2**20,
     )
-    if spec.n_samples < 1:
-        raise UserError(f"--samples {spec.n_samples}: the number of sampled networks must be >= 1")
+    cached_benchmark.cache_clear()
     data = cached_benchmark(spec.benchmark, spec.data_root, spec.extra_ood)
+    check_samples_memory(spec.n_samples, data, spec.device)
     sampler = build_sampler(spec, data)
     try:
         sampler.load_state_dict(state)
-    except (RuntimeError, KeyError, ValueError) as exc:
+    except _STATE_ERRORS as exc:
+        if benchmark != spec_dict["benchmark"]:
+            raise UserError(
+                f"checkpoint was trained on {spec_dict['benchmark']}, whose network does not fit "
+                f"{benchmark} ({type(exc).__name__}); evaluate on a benchmark with the same target"
+            ) from None
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise UserError(
-            f"checkpoint was trained on {spec_dict['benchmark']}, whose network does not fit "
-            f"{benchmark} ({type(exc).__name__}); evaluate on a benchmark with the same target"
+            f"{path}: its state does not fit {spec.method} ({type(exc).__name__}: {first}); "
+            "the file is damaged or from another version"
         ) from None
-    result = evaluate(
+    result = score(
         sampler, data, n_samples=spec.n_samples, seed=spec.seed, memory_budget=spec.memory_budget
     )
     record = CellRecord(
@@ -243,5 +580,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> None:
         None,
         [],
     )
-    print(to_markdown(long_table([record])))
-    print(json.dumps(result.metrics, indent=2, sort_keys=True))
+    table = long_table([record])
+    return EvaluateResult(metrics=dict(result.metrics), table=table, markdown=to_markdown(table))
+
+
+__all__ = ["FAILURES_NAME", "compare", "evaluate", "report"]

@@ -1,65 +1,208 @@
 """Where cells run: in this process one after another, or as Ray tasks on a cluster.
 
 Either way results come back to the driver, which alone writes files and the store; the
-same seeds give the same table.
+same seeds give the same table. A cell that raises (a diverged fit, a plugin's bug) or
+runs past its time limit comes back as a :class:`CellFailure` and the other cells still
+run. With a time limit a cell runs in a child process (``spawn``), so even a ``fit``
+that never returns can be stopped; the clock starts once the child has started the cell.
 """
 
 from __future__ import annotations
 
+import multiprocessing
+import pickle
+import socket
+import traceback
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from uqbench.app.runner import CellOutcome, CellSpec, run_cell
 from uqbench.errors import UserError
 from uqbench.sampler import Progress
 
+#: Seconds a Ray cluster's address may take to answer before the run is refused.
+RAY_CONNECT_TIMEOUT_S = 10.0
+#: Seconds a child process may take to import and load data before its clock starts.
+CHILD_START_LIMIT_S = 600.0
+
+
+@dataclass(frozen=True)
+class CellFailure:
+    """A cell that did not finish: one-line ``reason`` and the full ``traceback``."""
+
+    spec: CellSpec
+    reason: str
+    traceback: str
+
+
 OnResult = Callable[[CellOutcome], None]
+OnFailure = Callable[[CellFailure], None]
 ProgressFor = Callable[[CellSpec], Progress | None]
 
 
-def run_local(specs: Sequence[CellSpec], on_result: OnResult, progress_for: ProgressFor) -> None:
-    """Run cells in this process, in order; each result is handed over as soon as it is done."""
+def one_line(exc: BaseException) -> str:
+    """A one-line reason for ``exc``: a UserError's own message, else ``Type: message``."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, UserError):
+        return text or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def guarded_cell(
+    spec: CellSpec, progress: Progress | None = None, timeout: float | None = None
+) -> CellOutcome | CellFailure:
+    """Run one cell; any exception (or running past ``timeout`` seconds) is a CellFailure."""
+    if timeout is not None:
+        return _cell_in_child(spec, timeout)
+    try:
+        return run_cell(spec, progress)
+    except Exception as exc:  # noqa: BLE001 - one failing cell must not end the run
+        return CellFailure(spec, one_line(exc), traceback.format_exc())
+
+
+def _raise(failure: CellFailure) -> None:
+    raise UserError(f"{failure.spec.label} failed: {failure.reason}")
+
+
+def run_local(
+    specs: Sequence[CellSpec],
+    on_result: OnResult,
+    progress_for: ProgressFor,
+    *,
+    on_failure: OnFailure | None = None,
+    timeout: float | None = None,
+) -> None:
+    """Run cells in this process, in order; each result is handed over as soon as it is done.
+
+    A failed cell goes to ``on_failure`` and the next cell runs; without ``on_failure`` it
+    raises a UserError with its one-line reason.
+    """
     for spec in specs:
-        on_result(run_cell(spec, progress_for(spec)))
+        result = guarded_cell(spec, progress_for(spec) if timeout is None else None, timeout)
+        if isinstance(result, CellFailure):
+            (on_failure or _raise)(result)
+        else:
+            on_result(result)
+
+
+def _child_main(spec: CellSpec, conn) -> None:  # pragma: no cover - runs in the child
+    conn.send_bytes(b"started")
+    try:
+        payload = ("ok", run_cell(spec, None))
+    except Exception as exc:  # noqa: BLE001
+        payload = ("failed", one_line(exc), traceback.format_exc())
+    conn.send_bytes(pickle.dumps(payload))
+    conn.close()
+
+
+def _cell_in_child(spec: CellSpec, timeout: float) -> CellOutcome | CellFailure:
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=_child_main, args=(spec, send), daemon=True)
+    child.start()
+    send.close()
+    try:
+        if not receive.poll(CHILD_START_LIMIT_S):
+            return CellFailure(spec, "its process did not start", "")
+        receive.recv_bytes()
+        if not receive.poll(timeout):
+            child.kill()
+            return CellFailure(
+                spec, f"did not finish within --cell-timeout {timeout:g} s; stopped", ""
+            )
+        payload = pickle.loads(receive.recv_bytes())
+    except EOFError:
+        child.join(5)
+        return CellFailure(spec, f"its process died (exit code {child.exitcode})", "")
+    finally:
+        receive.close()
+        child.join(5)
+        if child.is_alive():
+            child.kill()
+    if payload[0] == "ok":
+        return payload[1]
+    return CellFailure(spec, payload[1], payload[2])
+
+
+def check_ray_address(address: str | None) -> None:
+    """Refuse an address that is not ``HOST:PORT``, ``auto`` or ``ray://HOST:PORT``, or
+    whose port does not answer within :data:`RAY_CONNECT_TIMEOUT_S`."""
+    if address is None or address in ("auto", "local"):
+        return
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(
+            f"Ray address {address!r} is not HOST:PORT (e.g. 127.0.0.1:6379), 'auto' or "
+            "ray://HOST:PORT"
+        )
+    try:
+        with socket.create_connection((host, int(port)), timeout=RAY_CONNECT_TIMEOUT_S):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"cannot reach the Ray cluster at {address} within {RAY_CONNECT_TIMEOUT_S:g} s "
+            f"({exc.strerror or type(exc).__name__}); start it with `ray start --head` or "
+            "check the address"
+        ) from None
+
+
+def check_ray(address: str | None) -> None:
+    """Refuse the Ray executor up front when Ray is missing or the address is not usable."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "the ray executor needs Ray: pip install 'uqbench[ray]' (or use the local executor)"
+        ) from None
+    check_ray_address(address)
 
 
 def run_ray(
     specs: Sequence[CellSpec],
     on_result: OnResult,
     *,
+    on_failure: OnFailure | None = None,
     address: str | None = None,
     cpus_per_cell: float = 1.0,
+    timeout: float | None = None,
 ) -> None:
-    """Run each cell as a Ray task (a GPU each when the cell's device is CUDA)."""
+    """Run each cell as a Ray task (a GPU each when the cell's device is CUDA); failed
+    cells are handled as in :func:`run_local`."""
     try:
         import ray
     except ImportError:
         raise UserError(
-            "--executor ray needs Ray: pip install 'uqbench[ray]' (or use --executor local)"
+            "the ray executor needs Ray: pip install 'uqbench[ray]' (or use the local executor)"
         ) from None
     started_here = not ray.is_initialized()
     if started_here:
+        check_ray_address(address)
         try:
             ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        except ConnectionError as exc:
-            raise UserError(f"cannot reach the Ray cluster at {address!r}: {exc}") from None
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise UserError(
+                f"cannot reach the Ray cluster at {address!r}: {one_line(exc)}"
+            ) from None
     try:
-        remote = ray.remote(run_cell)
+        remote = ray.remote(guarded_cell)
         pending = {}
         for spec in specs:
             gpus = 1 if spec.device.startswith("cuda") else 0
-            ref = remote.options(num_cpus=cpus_per_cell, num_gpus=gpus).remote(spec)
+            ref = remote.options(num_cpus=cpus_per_cell, num_gpus=gpus).remote(spec, None, timeout)
             pending[ref] = spec
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
-                pending.pop(ref)
+                spec = pending.pop(ref)
                 try:
-                    outcome = ray.get(ref)
-                except ray.exceptions.RayTaskError as exc:
-                    if isinstance(exc.cause, UserError):  # the user's mistake, seen on a worker
-                        raise UserError(str(exc.cause)) from None
-                    raise
-                on_result(outcome)
+                    result = ray.get(ref)
+                except ray.exceptions.RayError as exc:  # the worker itself died
+                    result = CellFailure(spec, one_line(exc), str(exc))
+                if isinstance(result, CellFailure):
+                    (on_failure or _raise)(result)
+                else:
+                    on_result(result)
     finally:
         if started_here:
             ray.shutdown()

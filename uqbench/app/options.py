@@ -13,6 +13,7 @@ from uqbench.errors import UserError
 
 
 def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]`` (range and repeats are checked by the library)."""
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
@@ -25,7 +26,8 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def parse_sets(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[str, str]]:
-    """``["hypergan.beta=10"]`` -> ``{"hypergan": {"beta": "10"}}``; checks the method is compared."""
+    """``["hypergan.beta=10"]`` -> ``{"hypergan": {"beta": "10"}}``; the method must be
+    among ``methods``."""
     out: dict[str, dict[str, str]] = {m: {} for m in methods}
     for item in items:
         key, sep, value = item.partition("=")

@@ -2,12 +2,19 @@
 
 Layout of ``--out DIR``::
 
-    config.json            resolved config, cells, versions, machine, command line
-    results.sqlite         one row per finished cell (the results store)
-    table.md, table.csv    mean ± std over seeds; long format (method, benchmark, seed, metric, value)
+    config.json            every cell's resolved config, seed, data split and files, and the
+                           command that produced it; versions, machine; every invocation
+    results.sqlite         one row per finished or failed cell (the results store)
+    failures.log           the full traceback of every failed cell
+    table.md, table.csv    mean ± std over seeds; long format (method, benchmark, seed, metric,
+                           value)
     cells/<cell>.npz       predictive probabilities of test and every OOD set, test labels, ...
     checkpoints/<cell>.pt  sampler state, loadable with torch.load(weights_only=True)
     figures/*.png          reliability, entropy ECDF, accuracy vs samples, regression bands, history
+
+Each artefact has one writer and one reader: arrays :mod:`uqbench.evaluation.arrays`,
+checkpoints :mod:`uqbench.app.checkpoints`, ``config.json`` :func:`write_config` /
+:func:`read_config`, the store :class:`~uqbench.app.store.ResultsStore`.
 """
 
 from __future__ import annotations
@@ -17,51 +24,88 @@ import os
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import torch
 
+from uqbench.app.checkpoints import save_checkpoint
 from uqbench.app.runner import CellOutcome, spec_as_dict
 from uqbench.app.store import CellRecord, ResultsStore
 from uqbench.errors import UserError
+from uqbench.evaluation import arrays as arrays_io
 
 STORE_NAME = "results.sqlite"
 CONFIG_NAME = "config.json"
+FAILURES_NAME = "failures.log"
+SUBFOLDERS = ("cells", "checkpoints", "figures")
+
+
+def check_out_dir(path: Path) -> None:
+    """Raise a UserError unless ``path`` is a folder that exists or can be created, and is
+    writable; creates nothing."""
+    probe = path
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UserError(f"output folder {path}: cannot write there ({probe} is a file)")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"output folder {path}: cannot write there; choose a writable folder")
 
 
 def prepare_out_dir(path: Path) -> Path:
     """Create ``path`` (and its subfolders) and prove it is writable, or raise a UserError."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        for sub in ("cells", "checkpoints", "figures"):
+        for sub in SUBFOLDERS:
             (path / sub).mkdir(exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
             pass
     except OSError as exc:
         raise UserError(
-            f"--out {path}: cannot write there ({exc.strerror}); choose a writable folder"
+            f"output folder {path}: cannot write there ({exc.strerror}); choose a writable folder"
         ) from None
     return path
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file and rename, so a reader never sees half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Write via a temporary file unique to this process and rename, so a reader never sees
+    half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"cannot write {path} ({exc.strerror or exc})") from None
 
 
-def save_outcome(out_dir: Path, outcome: CellOutcome, store: ResultsStore) -> CellRecord:
+def arrays_path(out_dir: Path, stem: str) -> Path:
+    return out_dir / "cells" / f"{stem}.npz"
+
+
+def checkpoint_path(out_dir: Path, stem: str) -> Path:
+    return out_dir / "checkpoints" / f"{stem}.pt"
+
+
+def save_outcome(
+    out_dir: Path,
+    outcome: CellOutcome,
+    store: ResultsStore,
+    data_files: dict[str, str] | None = None,
+) -> CellRecord:
     """Write a finished cell's arrays and checkpoint, then its store row (last, atomically)."""
     spec = outcome.spec
-    arrays_path = out_dir / "cells" / f"{spec.file_stem}.npz"
-    tmp = arrays_path.with_name(f".{arrays_path.stem}.tmp.npz")
-    np.savez_compressed(tmp, **{k.replace("/", "__"): v for k, v in outcome.arrays.items()})
-    os.replace(tmp, arrays_path)
-    ckpt_path = out_dir / "checkpoints" / f"{spec.file_stem}.pt"
-    tmp_ckpt = ckpt_path.with_name(f".{ckpt_path.name}.tmp")
-    torch.save({"spec": spec_as_dict(spec), "state": outcome.state}, tmp_ckpt)
-    os.replace(tmp_ckpt, ckpt_path)
+    cells = arrays_path(out_dir, spec.file_stem)
+    try:
+        arrays_io.save_arrays(cells, outcome.arrays)
+    except OSError as exc:
+        raise UserError(f"cannot write {cells} ({exc.strerror or exc}); free space") from None
+    ckpt = save_checkpoint(
+        checkpoint_path(out_dir, spec.file_stem), spec_as_dict(spec), outcome.state
+    )
     record = CellRecord(
         method=spec.method,
         benchmark=spec.benchmark,
@@ -69,20 +113,23 @@ def save_outcome(out_dir: Path, outcome: CellOutcome, store: ResultsStore) -> Ce
         config_hash=spec.config_hash,
         metrics=outcome.metrics,
         config=spec.config,
-        checkpoint=str(ckpt_path.relative_to(out_dir)),
-        arrays=str(arrays_path.relative_to(out_dir)),
+        checkpoint=str(ckpt.relative_to(out_dir)),
+        arrays=str(cells.relative_to(out_dir)),
         history=outcome.history,
+        data_files=data_files,
     )
     store.record(record)
     return record
 
 
-def load_arrays(out_dir: Path, record: CellRecord) -> dict[str, np.ndarray]:
-    """The npz arrays of one cell, with their original ``a/b`` names."""
+def load_arrays(out_dir: Path, record: CellRecord) -> dict:
+    """The npz arrays of one stored cell, with their original ``a/b`` names."""
     if not record.arrays:
         return {}
-    with np.load(out_dir / record.arrays) as data:
-        return {k.replace("__", "/"): data[k] for k in data.files}
+    try:
+        return arrays_io.load_arrays(out_dir / record.arrays)
+    except UserError as exc:
+        raise UserError(f"{exc}; re-run the same `uqbench compare` to recompute the cell") from None
 
 
 def long_table(records: list[CellRecord]) -> pd.DataFrame:
@@ -110,20 +157,24 @@ def long_table(records: list[CellRecord]) -> pd.DataFrame:
 
 
 def render(out_dir: Path, records: list[CellRecord], task_kind: str) -> str:
-    """Write table.md, table.csv and the figures for ``records``; return the Markdown table."""
+    """Write table.md, table.csv and the figures for ``records``; return the Markdown table.
+
+    Figures of an earlier command into the same folder are removed first."""
     from uqbench.evaluation.plots import make_figures, training_history
     from uqbench.evaluation.tables import to_markdown
 
     df = long_table(records)
-    df.to_csv(out_dir / "table.csv", index=False)
-    markdown = to_markdown(df)
-    atomic_write_text(out_dir / "table.md", markdown + "\n")
     first_seed: dict[str, CellRecord] = {}
     for r in sorted(records, key=lambda r: r.seed):
         first_seed.setdefault(r.method, r)
     cells = {m: load_arrays(out_dir, r) for m, r in first_seed.items()}
+    df.to_csv(out_dir / "table.csv", index=False)
+    markdown = to_markdown(df)
+    atomic_write_text(out_dir / "table.md", markdown + "\n")
     figures = out_dir / "figures"
     figures.mkdir(exist_ok=True)
+    for stale in figures.glob("*.png"):
+        stale.unlink()
     make_figures(cells, figures, task_kind)
     histories = {m: r.history for m, r in first_seed.items() if r.history}
     if histories:
@@ -132,9 +183,33 @@ def render(out_dir: Path, records: list[CellRecord], task_kind: str) -> str:
 
 
 def read_config(out_dir: Path) -> dict:
+    """The ``config.json`` of a results folder; a UserError when missing or not valid."""
     path = out_dir / CONFIG_NAME
     if not path.exists():
         raise UserError(
-            f"{out_dir} holds no {CONFIG_NAME}: is it the --out folder of `uqbench compare`?"
+            f"{out_dir} holds no {CONFIG_NAME}: is it the output folder of `uqbench compare`?"
         )
-    return json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(
+            f"{path} is not valid JSON ({type(exc).__name__}); restore it or move it away "
+            "(a compare into that folder then writes a new one)"
+        ) from None
+    if not isinstance(config, dict) or not isinstance(config.get("cells", []), list):
+        raise UserError(f"{path} is not a uqbench config.json; restore it or move it away")
+    return config
+
+
+def write_config(out_dir: Path, config: dict) -> None:
+    """Write ``config.json`` atomically."""
+    text = json.dumps(config, indent=2, sort_keys=True, default=str)
+    atomic_write_text(out_dir / CONFIG_NAME, text + "\n")
+
+
+def append_failure_log(out_dir: Path, header: str, traceback_text: str) -> Path:
+    """Append a failed cell's full traceback to ``failures.log``."""
+    path = out_dir / FAILURES_NAME
+    with path.open("a") as handle:
+        handle.write(f"=== {header}\n{traceback_text.rstrip()}\n\n")
+    return path

@@ -1,4 +1,5 @@
-"""Progress display for ``compare``: one bar for the cells, one for the running cell's steps (rich)."""
+"""Progress display for ``compare`` (rich): one bar for the cells, one for the running cell's
+steps."""
 
 from __future__ import annotations
 
@@ -47,6 +48,13 @@ class CellProgress:
             )
 
         return update
+
+    def cell_failed(self, spec: CellSpec, reason: str) -> None:
+        """One line on stderr naming the cell and why it failed; the cell bar advances."""
+        self._progress.console.print(
+            f"failed {spec.label}: {reason}", markup=False, highlight=False
+        )
+        self._progress.advance(self._cells)
 
     def cell_done(self, spec: CellSpec, metrics: dict[str, float]) -> None:
         acc = metrics.get("acc", metrics.get("rmse"))

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from uqbench.app.checkpoints import state_bytes
+from uqbench.app.store import cell_stem
 from uqbench.data.benchmark import BenchmarkData
 from uqbench.functional import DEFAULT_MEMORY_BUDGET
 from uqbench.measure import peak_memory_mb, reset_peak_memory
@@ -59,7 +61,7 @@ class CellSpec:
 
     @property
     def file_stem(self) -> str:
-        return f"{self.method}-{self.benchmark}-s{self.seed}-{self.config_hash}"
+        return cell_stem(self.method, self.benchmark, self.seed, self.config_hash)
 
 
 @dataclass
@@ -109,11 +111,13 @@ def run_cell(spec: CellSpec, progress: Progress | None = None) -> CellOutcome:
     metrics["fit_s"] = fit_s
     metrics["params"] = float(sampler.num_stored_parameters())
     metrics["peak_mb"] = peak_memory_mb(spec.device)
+    state = sampler.state_dict()
+    state_bytes(state, owner=spec.method)  # fails the cell now, not a later `evaluate`
     return CellOutcome(
         spec=spec,
         metrics=metrics,
         arrays=evaluation.arrays,
-        state=sampler.state_dict(),
+        state=state,
         history=list(getattr(sampler, "history", []) or []),
     )
 
