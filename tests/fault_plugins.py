@@ -13,15 +13,16 @@ from typing import ClassVar
 import torch
 
 from uqbench.baselines.ensemble import DeepEnsemble, EnsembleConfig
+from uqbench.configs import at_least, positive, setting
 from uqbench.training import check_finite
 
 
 @dataclass
 class FastConfig(EnsembleConfig):
-    members: int = 2
-    epochs: int = 2
-    batch_size: int = 32
-    lr: float = 0.01
+    members: int = setting(2, check=at_least(1))
+    epochs: int = setting(2, check=at_least(1))
+    batch_size: int = setting(32, check=at_least(1))
+    lr: float = setting(0.01, check=positive)
 
 
 class FastEnsemble(DeepEnsemble):
