@@ -46,10 +46,13 @@ class HyperGANEngineeredConfig(HyperGANConfig):
 
 
 class HyperGANEngineered(HyperGAN):
-    """HyperGAN with measured departures: a fast shared bias (lr_mean 3e-3), no weight
-    decay, cosine schedule, 8 nets x 64 images a step, no mixer pre-training; mnist5000
-    preset: generator width 128, 4 nets, lr_generator 1e-3 (each with its validation
-    number in the module docstring)."""
+    """HyperGAN, engineered: fast shared bias, no weight decay, cosine lr, fewer nets per step.
+
+    Departures from ``hypergan``: the shared output bias in weight units at ``lr_mean``
+    3e-3; weight decay 0; cosine schedule; 8 nets x 64 images a step (noise batch 32); no
+    mixer pre-training; mnist5000 preset: generator width 128, 4 nets, lr_generator 1e-3.
+    The validation number behind each is in :mod:`uqbench.hypergan.engineered`.
+    """
 
     name = "hypergan-engineered"
     Config = HyperGANEngineeredConfig

@@ -63,9 +63,12 @@ class HyperGANRepulsiveConfig(HyperGANConfig):
 
 
 class HyperGANRepulsive(HyperGAN):
-    """The paper's HyperGAN plus a kernel repulsion on the networks' predictive distributions
-    on each batch (weight ``repulsion``, median-heuristic bandwidth), rewarding disagreement
-    in function space. A variant, not the paper's model."""
+    """HyperGAN plus a kernel repulsion on the networks' predictions (a variant, not the paper).
+
+    The paper's model and settings, with ``repulsion`` x the mean RBF kernel between the
+    step's networks' predictive distributions on the batch added to the generators' loss
+    (median-heuristic bandwidth), so disagreement in function space is rewarded.
+    """
 
     name = "hypergan-repulsive"
     Config = HyperGANRepulsiveConfig

@@ -112,11 +112,14 @@ def ensemble_nll(outputs: Tensor, y: Tensor, task: Task) -> float:
 
 
 class HyperGAN(WeightSampler):
-    """HyperGAN as in the paper (Ratzlaff & Li 2019): mixer, 512-wide per-layer generators,
-    code discriminator; 32 networks x 32 images a step, Adam (0.5, 0.9), weight decay 1e-4,
-    lr 5e-4 mixer / 1e-4 generators and D, mixer pre-training. Additions: output scaled
-    at init to 0.5 x Kaiming; keep-best by validation NLL on the benchmark's validation
-    split (none without one)."""
+    """The paper's HyperGAN: 512-wide generators, 32 nets x 32 images, wd 1e-4, pre-trained mixer.
+
+    Mixer, per-layer generators with a plain output bias and a code discriminator, Adam
+    (0.5, 0.9) at 5e-4 (mixer) / 1e-4 (generators, D), constant (Ratzlaff & Li 2019 and
+    the authors' MNIST-5000 script). Additions: the generators' output rescaled once at
+    init to 0.5 x Kaiming; keep-best by validation NLL on the benchmark's validation split
+    (without one, the last state). ``history`` rows: see :meth:`_validate`.
+    """
 
     name = "hypergan"
     Config = HyperGANConfig
@@ -432,7 +435,7 @@ class HyperGAN(WeightSampler):
         opt = torch.optim.Adam(
             self.mixer.parameters(), lr=c.lr_mixer, betas=(c.adam_beta1, c.adam_beta2)
         )
-        entries = len(self.specs) * c.code_dim * (c.code_dim + 1)
+        entries = len(self.specs) * c.code_dim  # the loss per code dimension
         for step in range(1, c.pretrain_steps + 1):
             loss = code_moment_loss(self.codes(self._draw_noise(c.pretrain_batch, g)))
             check_finite(self.name, {"mixer pre-training": loss}, step)
