@@ -94,7 +94,15 @@ def tiny_sampler(kind: str, **overrides) -> HyperGAN:
 def test_learns_tiny_images_and_keeps_the_best_state_by_validation_nll() -> None:
     data = tiny_benchmark("classification")
     sampler = tiny_sampler("classification")
-    sampler.fit(data.train, seed=0, val=tiny_images(90, seed=2))
+    seen: list[dict] = []
+    sampler.fit(
+        data.train,
+        seed=0,
+        val=tiny_images(90, seed=2),
+        progress=lambda step, total, **metrics: seen.append({"step": step, **metrics}),
+    )
+    assert any({"task", "adversarial", "discriminator"} <= set(m) for m in seen)
+    assert any("val_nll" in m and "val_disagreement" in m for m in seen)
     x, y = as_tensors(data.test)
     draw = sampler.sample(10, generator=torch.Generator().manual_seed(0))
     probs = stacked_forward(sampler.target, draw, x).softmax(-1)

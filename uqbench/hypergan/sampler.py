@@ -35,7 +35,11 @@ Adam (0.5, 0.9) with weight decay 1e-4, mixer pre-training. What it adds:
   start of ``fit``, so the first generated weights have std ``init_scale`` x Kaiming
   (:math:`\sqrt{2/\mathrm{fan\_in}}`). PyTorch's default init of a 512-wide Linear gives
   weights of std ~0.5 for layers whose Kaiming std is 0.05; the first logits explode
-  and training stalls near chance. After that one rescale the layer trains unchanged.
+  and training stalls near chance. After that one rescale the layer trains unchanged;
+  Adam's steps (``lr_generator`` per entry) are then a larger share of the smaller head
+  weights than in the authors' unscaled code, which is why lr_generator 1e-3 does not
+  train this model (``results/hypergan_dev/validation_probes.md``) while the paper's 1e-4
+  does.
 - Validation on the benchmark's validation split (``val``), never on test: every
   ``val_every`` steps, the NLL and accuracy of the ``val_nets`` networks' mean prediction,
   their pairwise disagreement and the weight-space spread
@@ -288,9 +292,7 @@ class HyperGAN(WeightSampler):
         x_tr, y_tr = (t.to(self.device) for t in as_tensors(train))
         held_out = None
         if val is not None and len(val) > 0:
-            x_val, y_val = as_tensors(val)
-            held_out = (x_val[: c.val_max_examples].to(self.device), y_val[: c.val_max_examples])
-            held_out = (held_out[0], held_out[1].to(self.device))
+            held_out = tuple(t[: c.val_max_examples].to(self.device) for t in as_tensors(val))
         n_train = x_tr.shape[0]
         batch = min(c.batch_size, n_train)
 
@@ -328,7 +330,11 @@ class HyperGAN(WeightSampler):
                 row = {"step": float(step), **self._validate(held_out)}
                 self.history.append(row)
                 if progress is not None:
-                    progress(step, c.steps, **{k: v for k, v in row.items() if "/" not in k})
+                    progress(
+                        step,
+                        c.steps,
+                        **{k: v for k, v in row.items() if k != "step" and "/" not in k},
+                    )
                 if selecting and row["val_nll"] <= best_nll:  # ties: the later state
                     best_nll, best_step = row["val_nll"], step
                     best_state = copy.deepcopy(self._hypernet().state_dict())
