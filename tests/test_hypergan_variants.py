@@ -25,7 +25,13 @@ from uqbench.hypergan.networks import LayerSpec, ScaledLayerGenerator
 from uqbench.hypergan.sampler import ensemble_nll
 from uqbench.registry import load_method
 from uqbench.sampler import Task
-from uqbench.testing import tiny_benchmark, tiny_images, tiny_regression, tiny_target
+from uqbench.testing import (
+    check_sampler_contract,
+    tiny_benchmark,
+    tiny_images,
+    tiny_regression,
+    tiny_target,
+)
 from uqbench.training import as_tensors
 
 
@@ -146,3 +152,9 @@ def test_variants_are_registered(name: str) -> None:
     cls = load_method(name)
     assert issubclass(cls, HyperGAN) and cls.name == name
     assert cls.make_config(benchmark="tiny").owner == name
+
+
+@pytest.mark.parametrize("cls", [HyperGANEngineered, HyperGANRepulsive])
+def test_variants_pass_the_sampler_contract(cls) -> None:
+    """The contract suite runs base classes only; these change modules and the loss."""
+    check_sampler_contract(cls)
