@@ -18,43 +18,44 @@ Objective. With a batch of :math:`n` noise draws per step and one data batch
     \min_D\; -\log \sigma(D(z^\mathrm{prior})) - \log\big(1 - \sigma(D(z_{k,i}))\big),
     \qquad z^\mathrm{prior} \sim \mathcal N(0, I_d)
 
-:math:`\mathcal L` is the task's negative log-likelihood (cross-entropy, or Gaussian NLL for
-regression, :func:`uqbench.training.task_loss`); the second term is the non-saturating GAN
-loss of a discriminator :math:`D` (MLP :math:`d \to 512 \to 512 \to 1`) that tells the
-mixer's codes ("fake") from the prior :math:`\mathcal N(0, I_d)` ("real"); it keeps the
-codes spread out, so the generated networks stay diverse. Optionally, the mixer is first
-pre-trained so each layer's codes match :math:`\mathcal N(0, I_d)` in mean and covariance.
-Ablations (the paper's Fig. 7): ``mixer=False`` draws the per-layer codes independently
-from :math:`\mathcal N(0, I_d)`; ``discriminator=False`` drops :math:`D` and the
-:math:`\beta` term.
+:math:`\mathcal L` is the task's negative log-likelihood (:func:`uqbench.training.task_loss`);
+the second term is the non-saturating GAN loss of a discriminator :math:`D` (MLP
+:math:`d \to 512 \to 512 \to 1`) that tells the mixer's codes from the prior; it keeps the
+codes spread out. The mixer is first pre-trained so each layer's codes match
+:math:`\mathcal N(0, I_d)` in mean and covariance (the authors' README runs every script
+with it). Ablations (the paper's Fig. 7): ``mixer=False`` draws the per-layer codes
+independently from :math:`\mathcal N(0, I_d)`; ``discriminator=False`` drops :math:`D`.
 
-Where this departs from the paper and the authors' code (each measured on mnist5000; the
-numbers are in the issue's report):
+``hypergan`` is the paper's model with the paper's MNIST settings
+(:mod:`uqbench.hypergan.config`): generator width 512, an ordinary output bias at the
+generators' learning rate, 32 networks on 32 images per step, constant learning rates,
+Adam (0.5, 0.9) with weight decay 1e-4, mixer pre-training. What it adds:
 
-- Output scaling and the shared bias: generator :math:`i` outputs
-  :math:`c_i\,A_i h_i(z) + m_i`. The fixed factor :math:`c_i` is set at the start of
-  ``fit`` so the first generated weights have std ``init_scale`` x Kaiming
-  (:math:`\sqrt{2/\mathrm{fan\_in}}`); unscaled, the first networks' logits explode and
-  training stalls. :math:`m_i` is the paper's last-layer bias, kept in the target's weight
-  units so its learning rate ``lr_mean`` is a step on the weights themselves: the weights
-  all networks share then learn at an ordinary network's pace, while the code-dependent
-  part :math:`A_i` (and :math:`h_i`) keep their own rate ``lr_generator``.
-- ``weight_decay`` defaults to 0 (paper: 1e-4 inside Adam). Adam's coupled L2 moves every
-  weight whose loss gradient is small towards 0 by about ``lr`` per step — which is the
-  code-dependent part that the loss does not pin down, i.e. the diversity.
-- A cosine learning-rate schedule over ``steps`` (the authors: constant), and validation on
-  a held-out slice of the training set, or in-sample with ``val_fraction=0``, for the
-  keep-best checkpoint (the authors' script kept the best state by *test* accuracy).
-- Batch-norm statistics per step come from ``noise_batch`` noise draws, of which only the
-  first ``nets_per_step`` become networks: a step can evaluate few networks (the cost)
-  without batch-norm over 2-4 samples, whose statistics would differ wildly from the
-  population ones used at sampling.
-- Batch-norm at sampling time: ``sample`` runs the mixer and generators in eval mode, with
-  running statistics re-estimated exactly (``bn_calibration`` fixed noise draws,
-  cumulative average) at every validation and so in the state ``fit`` keeps. Each sampled
-  network depends on its own noise draw only — not on how many are drawn with it — and
-  ``sample`` is reproducible given the generator.
+- Output scaling at initialisation: the generators' last Linear is multiplied once, at the
+  start of ``fit``, so the first generated weights have std ``init_scale`` x Kaiming
+  (:math:`\sqrt{2/\mathrm{fan\_in}}`). PyTorch's default init of a 512-wide Linear gives
+  weights of std ~0.5 for layers whose Kaiming std is 0.05; the first logits explode
+  and training stalls near chance. After that one rescale the layer trains unchanged;
+  Adam's steps (``lr_generator`` per entry) are then a larger share of the smaller head
+  weights than in the authors' unscaled code, which is why lr_generator 1e-3 does not
+  train this model (``results/hypergan_dev/validation_probes.md``) while the paper's 1e-4
+  does.
+- Validation on the benchmark's validation split (``val``), never on test: every
+  ``val_every`` steps, the NLL and accuracy of the ``val_nets`` networks' mean prediction,
+  their pairwise disagreement and the weight-space spread
+  (:mod:`uqbench.hypergan.diagnostics`) go into ``history``; with ``keep_best`` the state
+  with the lowest validation NLL is kept (the authors kept the best by *test* accuracy).
+  With ``val=None`` nothing is selected: the last state is kept, ``history`` holds the
+  weight-space rows only and ``extra_metrics["kept_best"]`` is 0.
+- Batch-norm at sampling time: ``sample`` runs mixer and generators in eval mode with
+  running statistics re-estimated exactly (``bn_calibration`` fixed noise draws) at every
+  validation, so each network depends on its own noise draw only and ``sample`` is
+  reproducible given the generator.
 - Layers also get a generated bias (the authors' MNIST target had none).
+
+``hypergan-engineered`` (:mod:`uqbench.hypergan.engineered`) keeps the departures that
+earlier mnist5000 runs chose; ``hypergan-repulsive`` (:mod:`uqbench.hypergan.repulsive`)
+adds a function-space repulsion.
 """
 
 from __future__ import annotations
@@ -62,7 +63,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -71,190 +71,64 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from uqbench.errors import UserError
-from uqbench.functional import batched_predict, fan_in, flat_weight_norms, stacked_forward
+from uqbench.functional import batched_predict, flat_weight_norms, stacked_forward
+from uqbench.hypergan.config import HyperGANConfig
+from uqbench.hypergan.diagnostics import pairwise_disagreement, weight_spread
+from uqbench.hypergan.networks import (
+    Discriminator,
+    LayerGenerator,
+    Mixer,
+    code_moment_loss,
+    layer_specs,
+)
 from uqbench.sampler import Progress, Task, WeightSampler
-from uqbench.targets import parametric_layers
-from uqbench.training import as_tensors, seeded_generator, task_loss
+from uqbench.training import (
+    as_tensors,
+    check_finite,
+    derive_seeds,
+    lr_factor,
+    regression_outputs,
+    seeded_generator,
+    task_loss,
+)
 
 #: Activation memory budget (bytes) of the validation forward pass during ``fit``.
 VALIDATION_MEMORY = 1 << 27
 
+#: Settings a checkpoint must share with the sampler that loads it.
+_ARCHITECTURE = ("mixer", "noise_dim", "code_dim", "mixer_hidden", "generator_hidden")
 
-@dataclass
-class HyperGANConfig:
-    """HyperGAN settings.
 
-    Architecture and optimiser defaults are the paper's MNIST ones, except where the
-    module docstring lists a measured departure (``init_scale``, ``lr_mean``,
-    ``weight_decay``, ``lr_schedule``, ``noise_batch``). ``presets`` hold the settings
-    tuned per benchmark.
+def ensemble_nll(outputs: Tensor, y: Tensor, task: Task) -> float:
+    """NLL of the networks' mixture, ``-mean_i log (1/n) sum_k p_k(y_i | x_i)``.
+
+    ``outputs`` [n, B, ...]: logits (classification) or the regression outputs.
     """
-
-    #: Width of the noise s fed to the mixer (paper: 256 for MNIST, 512 for CIFAR).
-    noise_dim: int = 256
-    #: Width d of each per-layer code (paper: 128 for MNIST, 256 for CIFAR).
-    code_dim: int = 128
-    mixer_hidden: int = 512
-    generator_hidden: int = 512
-    discriminator_hidden: int = 512
-    #: False: ablation without mixer, per-layer codes drawn independently from N(0, I)
-    #: (then there is no discriminator either: the codes are exactly the prior).
-    mixer: bool = True
-    #: False: ablation without discriminator (no D, no beta term).
-    discriminator: bool = True
-    #: Weight of the adversarial term.
-    beta: float = 1.0
-    #: Std of the first generated weights as a fraction of Kaiming's sqrt(2 / fan_in).
-    #: 0.5 (std 0.71 / sqrt(fan_in)) gave the best mnist5000 accuracy; 0.25 and 1.0 less.
-    init_scale: float = 0.5
-    #: Optimisation steps (each: one data batch, nets_per_step generated networks).
-    steps: int = 2000
-    #: Generated networks evaluated on each step's data batch (the expensive part).
-    nets_per_step: int = 8
-    #: Noise draws per step through the mixer and generator bodies: their batch-norm
-    #: statistics and the discriminator's fakes come from all of them; only the first
-    #: ``nets_per_step`` are turned into networks. >= nets_per_step.
-    noise_batch: int = 32
-    batch_size: int = 64
-    lr_mixer: float = 5e-4
-    lr_generator: float = 1e-4
-    #: Learning rate of the generators' output bias (the weights shared by all networks),
-    #: a step size in the target's weight units.
-    lr_mean: float = 3e-3
-    lr_discriminator: float = 1e-4
-    #: Adam's (coupled) L2 on mixer and generators. The paper used 1e-4; under Adam it
-    #: shrinks every weight whose loss gradient is small by ~lr per step, which is exactly
-    #: the code-dependent part that makes networks differ (see the module docstring).
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.5
-    adam_beta2: float = 0.9
-    #: "cosine" (decay to 0 over ``steps``) or "constant".
-    lr_schedule: str = "cosine"
-    #: Mixer pre-training steps (codes -> N(0, I) in mean and covariance); 0 = off.
-    pretrain_steps: int = 0
-    pretrain_batch: int = 512
-    #: Share of the training set held out for validation (0: validate in-sample on a
-    #: slice of the training set, which tracks progress but cannot detect overfitting).
-    val_fraction: float = 0.1
-    #: Validate (val accuracy of ``val_nets`` networks, diversity) every this many steps.
-    val_every: int = 200
-    val_nets: int = 5
-    #: At most this many validation examples are used.
-    val_max_examples: int = 500
-    #: Keep the state with the best validation score (else: the last state).
-    keep_best: bool = True
-    #: Networks drawn to measure ``diversity_l2_rel_std``.
-    diversity_samples: int = 100
-    #: Noise draws used to re-estimate the batch-norm statistics used by ``sample``.
-    bn_calibration: int = 2048
-
-
-def _mlp_block(d_in: int, d_out: int, activation: nn.Module) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(d_in, d_out), nn.BatchNorm1d(d_out), activation)
-
-
-class Mixer(nn.Module):
-    """Q: noise [n, noise_dim] -> per-layer codes [n, N, d] (MLP, batch-norm + ReLU)."""
-
-    def __init__(self, noise_dim: int, hidden: int, n_layers: int, code_dim: int) -> None:
-        super().__init__()
-        self.n_layers, self.code_dim = n_layers, code_dim
-        self.body = nn.Sequential(
-            _mlp_block(noise_dim, hidden, nn.ReLU()), _mlp_block(hidden, hidden, nn.ReLU())
+    n = outputs.shape[0]
+    if task.is_classification:
+        log_p = outputs.log_softmax(-1).gather(-1, y.view(1, -1, 1).expand(n, -1, 1))[..., 0]
+    else:
+        mean, log_var = regression_outputs(outputs, task)
+        log_p = -0.5 * (
+            log_var + math.log(2 * math.pi) + (y.view(1, -1) - mean) ** 2 / log_var.exp()
         )
-        self.head = nn.Linear(hidden, n_layers * code_dim)
-
-    def forward(self, s: Tensor) -> Tensor:
-        return self.head(self.body(s)).view(-1, self.n_layers, self.code_dim)
-
-
-class LayerGenerator(nn.Module):
-    """G_i: code [n, d] -> flat weight + bias of one target layer [n, P] (batch-norm + ELU).
-
-    Output ``scale * (A h) + mean``: the last Linear of the paper's generator with its bias
-    ``mean`` kept in the target's weight units (so its learning rate ``lr_mean`` is a step
-    size on the weights themselves) and ``scale`` a fixed factor set by
-    :meth:`HyperGAN.fit` so the first generated weights sit at ``init_scale`` x Kaiming.
-    """
-
-    def __init__(self, code_dim: int, hidden: int, n_out: int) -> None:
-        super().__init__()
-        self.body = _mlp_block(code_dim, hidden, nn.ELU())
-        self.head = nn.Linear(hidden, n_out, bias=False)
-        self.mean = nn.Parameter(torch.zeros(n_out))
-        self.register_buffer("scale", torch.ones(()))
-
-    def forward(self, z: Tensor, n: int | None = None) -> Tensor:
-        """Flat parameters of the first ``n`` codes (all by default); the body sees all."""
-        return self.scale * self.head(self.body(z)[:n]) + self.mean
-
-
-class Discriminator(nn.Module):
-    """D: code [m, d] -> logit that the code came from the prior N(0, I_d)."""
-
-    def __init__(self, code_dim: int, hidden: int) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(code_dim, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, hidden),
-            nn.ReLU(),
-            nn.Linear(hidden, 1),
-        )
-
-    def forward(self, z: Tensor) -> Tensor:
-        return self.net(z).squeeze(-1)
-
-
-@dataclass(frozen=True)
-class _LayerSpec:
-    """Where one generator's output goes: parameter names, shapes and sizes, in order."""
-
-    names: tuple[str, ...]
-    shapes: tuple[torch.Size, ...]
-    kaiming_std: float
-
-    @property
-    def sizes(self) -> tuple[int, ...]:
-        return tuple(math.prod(s) for s in self.shapes)
-
-
-def layer_specs(target: nn.Module) -> list[_LayerSpec]:
-    """One spec per Linear / Conv2d layer of ``target`` (weight, then bias if any)."""
-    specs = []
-    for layer_name, module in parametric_layers(target):
-        own = list(module.named_parameters(recurse=False))
-        names = tuple(f"{layer_name}.{p}" for p, _ in own)
-        shapes = tuple(v.shape for _, v in own)
-        std = math.sqrt(2.0 / fan_in(module.weight.shape))
-        specs.append(_LayerSpec(names, shapes, std))
-    return specs
-
-
-def code_moment_loss(codes: Tensor) -> Tensor:
-    """Mixer pre-training loss: ||mean||^2 + ||cov - I||_F^2 per layer, summed over layers.
-
-    ``codes``: [n, N, d]; mean and covariance are taken over the n draws.
-    """
-    mean = codes.mean(0)
-    centred = codes - mean
-    cov = torch.einsum("nla,nlb->lab", centred, centred) / (codes.shape[0] - 1)
-    eye = torch.eye(codes.shape[-1], device=codes.device, dtype=codes.dtype)
-    return mean.pow(2).sum() + (cov - eye).pow(2).sum()
+    return -float((torch.logsumexp(log_p, dim=0) - math.log(n)).mean())
 
 
 class HyperGAN(WeightSampler):
-    """HyperGAN: mixer + per-layer generators, trained on the task with an adversarial code prior.
+    """The paper's HyperGAN: 512-wide generators, 32 nets x 32 images, wd 1e-4, pre-trained mixer.
 
-    See the module docstring for the objective and the departures from the paper.
-    ``history`` (after ``fit``) lists ``{"step", "val_score", "diversity"}`` at every
-    validation; ``val_score`` is accuracy (classification) or minus the mean Gaussian NLL
-    (regression).
+    Mixer, per-layer generators with a plain output bias and a code discriminator, Adam
+    (0.5, 0.9) at 5e-4 (mixer) / 1e-4 (generators, D), constant (Ratzlaff & Li 2019 and
+    the authors' MNIST-5000 script). Additions: the generators' output rescaled once at
+    init to 0.5 x Kaiming; keep-best by validation NLL on the benchmark's validation split
+    (without one, the last state). ``history`` rows: see :meth:`_validate`.
     """
 
     name = "hypergan"
     Config = HyperGANConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {
+        # The contract check (uqbench.testing) fits every method with presets["tiny"].
         "tiny": {
             "noise_dim": 32,
             "code_dim": 16,
@@ -265,45 +139,19 @@ class HyperGAN(WeightSampler):
             "init_scale": 0.25,
             "nets_per_step": 4,
             "noise_batch": 16,
-            "batch_size": 32,
             "lr_mixer": 3e-3,
             "lr_generator": 3e-3,
-            "lr_mean": 1e-2,
             "lr_discriminator": 1e-3,
+            "pretrain_steps": 20,
+            "pretrain_batch": 256,
             "val_every": 75,
             "val_nets": 3,
             "diversity_samples": 20,
             "bn_calibration": 256,
         },
-        # Measured on mnist5000 (2-core CPU): a 128-wide generator hidden layer makes a
-        # step ~2x cheaper than the paper's 512 (Adam over the 512 x 25,632 head dominates).
-        # 1,500 steps of 4 networks x 64 images take ~80 s, under a 5-member ensemble's
-        # ~96 s; 1,000 steps scored ~0.15 pt lower (results/hypergan_dev/local_runs.md).
-        "mnist5000": {
-            "generator_hidden": 128,
-            "nets_per_step": 4,
-            "steps": 1500,
-            "lr_generator": 1e-3,
-            "val_fraction": 0.0,
-            "val_every": 250,
-        },
-        "mnist5k-split": {
-            "generator_hidden": 128,
-            "nets_per_step": 4,
-            "steps": 500,
-            "lr_generator": 1e-3,
-            "val_fraction": 0.0,
-            "val_every": 250,
-        },
-        "toy1d": {
-            "steps": 1000,
-            "nets_per_step": 8,
-            "batch_size": 20,
-            "lr_generator": 1e-3,
-            "lr_mean": 1e-2,
-            "val_fraction": 0.0,
-            "val_every": 250,
-        },
+        # The paper's model on a shorter budget for the default (quick) benchmark.
+        "mnist5k-split": {"steps": 300, "val_every": 100},
+        "toy1d": {"steps": 1000, "batch_size": 20, "val_every": 250},
     }
 
     def __init__(
@@ -315,43 +163,14 @@ class HyperGAN(WeightSampler):
         device: str | torch.device = "cpu",
     ) -> None:
         super().__init__(target, config, task=task, device=device)
-        self._check_config()
         self.specs = layer_specs(self.target)
         self.history: list[dict[str, float]] = []
         self._fitted = False
         self._build()
 
     # --- construction -----------------------------------------------------------------
-    def _check_config(self) -> None:
-        c = self.config
-        positive = (
-            "noise_dim",
-            "code_dim",
-            "mixer_hidden",
-            "generator_hidden",
-            "steps",
-            "nets_per_step",
-            "noise_batch",
-            "batch_size",
-            "val_every",
-            "val_nets",
-            "diversity_samples",
-            "bn_calibration",
-        )
-        for key in positive:
-            if getattr(c, key) < (0 if key == "steps" else 1):
-                raise UserError(f"hypergan: {key}={getattr(c, key)} must be a positive integer")
-        if c.noise_batch < max(2, c.nets_per_step):
-            raise UserError(
-                f"hypergan: noise_batch={c.noise_batch} must be >= 2 and >= nets_per_step="
-                f"{c.nets_per_step} (batch-norm statistics come from the noise batch)"
-            )
-        if c.lr_schedule not in ("cosine", "constant"):
-            raise UserError(f"hypergan: lr_schedule={c.lr_schedule!r}; use 'cosine' or 'constant'")
-        if not 0.0 <= c.val_fraction < 1.0:
-            raise UserError(f"hypergan: val_fraction={c.val_fraction} must be in [0, 1)")
-        if c.init_scale <= 0:
-            raise UserError(f"hypergan: init_scale={c.init_scale} must be > 0")
+    def _make_generator(self, n_out: int) -> LayerGenerator:
+        return LayerGenerator(self.config.code_dim, self.config.generator_hidden, n_out)
 
     def _build(self) -> None:
         """Create mixer, generators and discriminator (fresh parameters from torch's RNG)."""
@@ -363,7 +182,7 @@ class HyperGAN(WeightSampler):
             else None
         )
         self.generators = nn.ModuleList(
-            LayerGenerator(c.code_dim, c.generator_hidden, sum(spec.sizes)) for spec in self.specs
+            self._make_generator(sum(spec.sizes)) for spec in self.specs
         ).to(self.device)
         # Without a mixer the codes *are* prior draws: a discriminator has nothing to act on.
         self.discriminator = (
@@ -416,7 +235,7 @@ class HyperGAN(WeightSampler):
         """n networks, each from its own noise draw; eval-mode batch-norm (see module doc)."""
         self.check_n(n)
         if not self._fitted:
-            raise UserError("hypergan: call fit (or load_state_dict) before sample")
+            raise UserError(f"{self.name}: call fit (or load_state_dict) before sample")
         noise = self._draw_noise(n, generator)
         hypernet = self._hypernet()
         was_training = hypernet.training
@@ -437,10 +256,10 @@ class HyperGAN(WeightSampler):
 
     def load_state_dict(self, state: dict) -> None:
         saved = state["config"]
-        for key in ("mixer", "noise_dim", "code_dim", "mixer_hidden", "generator_hidden"):
-            if saved[key] != getattr(self.config, key):
+        for key in _ARCHITECTURE:
+            if saved.get(key) != getattr(self.config, key):
                 raise UserError(
-                    f"hypergan: checkpoint has {key}={saved[key]}, this sampler "
+                    f"{self.name}: checkpoint has {key}={saved.get(key)}, this sampler "
                     f"{getattr(self.config, key)}; build it with the checkpoint's config"
                 )
         self._hypernet().load_state_dict(state["hypernet"])
@@ -460,94 +279,88 @@ class HyperGAN(WeightSampler):
         """Train mixer, generators and discriminator from scratch (deterministic in ``seed``).
 
         Every ``val_every`` steps (and at steps 0 and ``steps``): batch-norm statistics
-        re-estimated, a history row, and — with ``keep_best`` — a copy of the state if its
-        validation score is the best so far (ties go to the later state).
+        re-estimated and a ``history`` row. With ``val`` and ``keep_best``, the state with
+        the lowest validation NLL is kept (ties go to the later state); without ``val``,
+        the last state.
         """
         c = self.config
-        torch.manual_seed(seed)
+        seeds = derive_seeds(seed, ("init", "noise", "data"))
+        torch.manual_seed(seeds["init"])
         self._build()
-        g = seeded_generator(seed)
-        x_all, y_all = as_tensors(train)
-        x_all, y_all = x_all.to(self.device), y_all.to(self.device)
-        (x_tr, y_tr), (x_val, y_val) = self._split(x_all, y_all, g)
+        g = seeded_generator(seeds["noise"])
+        data_g = seeded_generator(seeds["data"])
+        x_tr, y_tr = (t.to(self.device) for t in as_tensors(train))
+        held_out = None
+        if val is not None and len(val) > 0:
+            held_out = tuple(t[: c.val_max_examples].to(self.device) for t in as_tensors(val))
         n_train = x_tr.shape[0]
         batch = min(c.batch_size, n_train)
 
-        self._calibrate_output_scale(g)
         if c.mixer and c.pretrain_steps > 0:
             self._pretrain_mixer(g)
+        self._calibrate_output_scale(g)
 
         opt_g, opt_d = self._optimizers()
         schedulers = [
-            torch.optim.lr_scheduler.LambdaLR(o, self._lr_factor) for o in (opt_g, opt_d) if o
+            torch.optim.lr_scheduler.LambdaLR(
+                o, lambda step: lr_factor(c.lr_schedule, step, c.steps)
+            )
+            for o in (opt_g, opt_d)
+            if o is not None
         ]
         self.history = []
-        best_score, best_state, best_step = -math.inf, None, 0
-        order = torch.randperm(n_train, generator=g).to(self.device)
+        selecting = c.keep_best and held_out is not None
+        best_nll, best_state, best_step = math.inf, None, c.steps
+        order = torch.randperm(n_train, generator=data_g).to(self.device)
         cursor = 0
         self._hypernet().train()
         for step in range(0, c.steps + 1):
             if step > 0:
                 if cursor + batch > n_train:
-                    order, cursor = torch.randperm(n_train, generator=g).to(self.device), 0
+                    order, cursor = torch.randperm(n_train, generator=data_g).to(self.device), 0
                 idx = order[cursor : cursor + batch]
                 cursor += batch
-                loss, adv, d_loss = self._step(x_tr[idx], y_tr[idx], opt_g, opt_d, g)
+                losses = self._step(x_tr[idx], y_tr[idx], opt_g, opt_d, g)
+                check_finite(self.name, losses, step)
                 for s in schedulers:
                     s.step()
                 if progress is not None and (step % 10 == 0 or step == c.steps):
-                    progress(step, c.steps, loss=loss, adv=adv, d_loss=d_loss)
+                    progress(step, c.steps, **losses)
             if step % c.val_every == 0 or step == c.steps:
-                score, diversity = self._validate(x_val, y_val)
-                self.history.append({"step": step, "val_score": score, "diversity": diversity})
+                row = {"step": float(step), **self._validate(held_out)}
+                self.history.append(row)
                 if progress is not None:
-                    progress(step, c.steps, val_score=score, diversity=diversity)
-                if score >= best_score:  # ties go to the later, more trained state
-                    best_score, best_step = score, step
-                    if c.keep_best:
-                        best_state = copy.deepcopy(self._hypernet().state_dict())
+                    progress(
+                        step,
+                        c.steps,
+                        **{k: v for k, v in row.items() if k != "step" and "/" not in k},
+                    )
+                if selecting and row["val_nll"] <= best_nll:  # ties: the later state
+                    best_nll, best_step = row["val_nll"], step
+                    best_state = copy.deepcopy(self._hypernet().state_dict())
         if best_state is not None:
             self._hypernet().load_state_dict(best_state)
         self._fitted = True
-        kept = next((h for h in self.history if h["step"] == best_step), None)
+        self._record_fit(best_step, selecting)
+
+    def _record_fit(self, kept_step: int, selected: bool) -> None:
+        """``extra_metrics``: the fit's length, which state was kept and its diagnostics."""
+        kept = next((h for h in self.history if h["step"] == kept_step), self.history[-1])
         self.extra_metrics = {
-            "fit_steps": float(c.steps),
-            "best_step": float(best_step if c.keep_best else c.steps),
+            "fit_steps": float(self.config.steps),
+            "best_step": float(kept_step),
+            "kept_best": 1.0 if selected else 0.0,
+            "diversity_l2_rel_std_fit": kept["diversity"],
         }
-        final = kept if (c.keep_best and kept) else (self.history[-1] if self.history else None)
-        if final is not None:
-            self.extra_metrics["val_score"] = final["val_score"]
-            self.extra_metrics["diversity_l2_rel_std_fit"] = final["diversity"]
-
-    def _split(
-        self, x: Tensor, y: Tensor, g: torch.Generator
-    ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-        """Hold out ``val_fraction`` of the training set (or validate in-sample when 0)."""
-        c = self.config
-        n = x.shape[0]
-        perm = torch.randperm(n, generator=g).to(x.device)
-        n_val = int(round(c.val_fraction * n))
-        if n_val == 0 or n - n_val < 2:
-            val = perm[: min(c.val_max_examples, n)]
-            return (x, y), (x[val], y[val])
-        val, tr = perm[: min(n_val, c.val_max_examples)], perm[n_val:]
-        return (x[tr], y[tr]), (x[val], y[val])
-
-    def _lr_factor(self, step: int) -> float:
-        if self.config.lr_schedule == "constant" or self.config.steps == 0:
-            return 1.0
-        return 0.5 * (1.0 + math.cos(math.pi * min(step, self.config.steps) / self.config.steps))
+        for key in ("val_nll", "val_acc", "val_disagreement"):
+            if key in kept:
+                self.extra_metrics[key] = kept[key]
 
     def _optimizers(self) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer | None]:
         c = self.config
         # fused: one kernel per step instead of ~10 per tensor; Adam was ~30 % of a CPU step.
         kw = {"betas": (c.adam_beta1, c.adam_beta2), "weight_decay": c.weight_decay, "fused": True}
-        means = [g.mean for g in self.generators]
-        rest = [p for n, p in self.generators.named_parameters() if not n.endswith(".mean")]
-        groups = [
-            {"params": rest, "lr": c.lr_generator},
-            {"params": means, "lr": c.lr_mean},
-        ]
+        groups = self._generator_groups()
         if self.mixer is not None:
             groups.append({"params": list(self.mixer.parameters()), "lr": c.lr_mixer})
         opt_g = torch.optim.Adam(groups, **kw)
@@ -558,6 +371,14 @@ class HyperGAN(WeightSampler):
         )
         return opt_g, opt_d
 
+    def _generator_groups(self) -> list[dict[str, Any]]:
+        """Adam parameter groups of the generators: all at ``lr_generator``."""
+        return [{"params": list(self.generators.parameters()), "lr": self.config.lr_generator}]
+
+    def _function_term(self, outputs: Tensor, y: Tensor) -> Tensor | None:
+        """An extra loss on the step's network outputs [n, B, ...]; none in the paper."""
+        return None
+
     def _step(
         self,
         x: Tensor,
@@ -565,12 +386,16 @@ class HyperGAN(WeightSampler):
         opt_g: torch.optim.Optimizer,
         opt_d: torch.optim.Optimizer | None,
         g: torch.Generator,
-    ) -> tuple[float, float, float]:
-        """One step: discriminator update, then mixer + generators on task loss + beta * adv."""
+    ) -> dict[str, float]:
+        """One step: discriminator update, then mixer + generators on task loss + beta * adv.
+
+        Returns the step's losses by name (``task``, and ``adversarial``, ``discriminator``
+        with a discriminator, plus any function-space term).
+        """
         c = self.config
         codes = self.codes(self._draw_noise(c.noise_batch, g))
-        adv_value, d_value = 0.0, 0.0
-        adv = torch.zeros((), device=self.device)
+        losses: dict[str, float] = {}
+        total = torch.zeros((), device=self.device)
         if self.discriminator is not None:
             fake = codes.reshape(-1, c.code_dim)
             real = torch.randn(fake.shape, generator=g).to(self.device)
@@ -581,37 +406,47 @@ class HyperGAN(WeightSampler):
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
-            d_value = d_loss.item()
+            losses["discriminator"] = d_loss.item()
             # Non-saturating generator term: -log sigma(D(z)); D's grads are not stepped.
             adv = F.softplus(-self.discriminator(fake)).mean()
-            adv_value = adv.item()
+            losses["adversarial"] = adv.item()
+            total = total + c.beta * adv
         weights = self.weights_from_codes(codes, c.nets_per_step)
-        loss = task_loss(stacked_forward(self.target, weights, x), y, self.task).mean()
-        total = loss + c.beta * adv if self.discriminator is not None else loss
+        outputs = stacked_forward(self.target, weights, x)
+        loss = task_loss(outputs, y, self.task).mean()
+        losses["task"] = loss.item()
+        total = total + loss
+        extra = self._function_term(outputs, y)
+        if extra is not None:
+            losses["repulsion"] = extra.item()
+            total = total + extra
         opt_g.zero_grad(set_to_none=True)
         total.backward()
         opt_g.step()
-        return loss.item(), adv_value, d_value
+        return losses
 
     @torch.no_grad()
     def _calibrate_output_scale(self, g: torch.Generator) -> None:
-        """Set each generator's fixed ``scale`` so its first weights have std init_scale x Kaiming."""
+        """Rescale each generator's output so its first weights have std init_scale x Kaiming."""
         c = self.config
         codes = self.codes(self._draw_noise(max(c.noise_batch, 64), g))
         for i, (spec, gen) in enumerate(zip(self.specs, self.generators, strict=True)):
-            gen.scale.fill_(1.0)
-            gen.mean.zero_()
             raw = gen(codes[:, i])[:, : spec.sizes[0]]
-            gen.scale.fill_(c.init_scale * spec.kaiming_std / raw.std().clamp_min(1e-12).item())
+            gen.rescale_output(c.init_scale * spec.kaiming_std / raw.std().clamp_min(1e-12).item())
 
     def _pretrain_mixer(self, g: torch.Generator) -> None:
-        """Fit the mixer so each layer's codes have mean 0 and covariance I (paper, optional)."""
+        """Fit the mixer so each layer's codes have mean 0 and covariance I (the paper's
+        optional pre-training); stop early once the per-entry loss is below tolerance."""
         c = self.config
         opt = torch.optim.Adam(
             self.mixer.parameters(), lr=c.lr_mixer, betas=(c.adam_beta1, c.adam_beta2)
         )
-        for _ in range(c.pretrain_steps):
+        entries = len(self.specs) * c.code_dim  # the loss per code dimension
+        for step in range(1, c.pretrain_steps + 1):
             loss = code_moment_loss(self.codes(self._draw_noise(c.pretrain_batch, g)))
+            check_finite(self.name, {"mixer pre-training": loss}, step)
+            if float(loss.detach()) / entries < c.pretrain_tolerance:
+                break
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -637,20 +472,25 @@ class HyperGAN(WeightSampler):
             bn.momentum = m
 
     @torch.no_grad()
-    def _validate(self, x_val: Tensor, y_val: Tensor) -> tuple[float, float]:
-        """(val score of ``val_nets`` networks' mean prediction, diversity of 100 networks)."""
+    def _validate(self, held_out: tuple[Tensor, Tensor] | None) -> dict[str, float]:
+        """One ``history`` row: weight-space diagnostics of ``diversity_samples`` networks
+        and, with validation data, the NLL, accuracy and pairwise disagreement of the first
+        ``val_nets`` of them."""
         c = self.config
         self._recalibrate_batchnorm()
         self._fitted = True
         draw = self.sample(max(c.val_nets, c.diversity_samples), generator=seeded_generator(1))
         norms = flat_weight_norms(draw)
-        diversity = float(norms.std() / norms.mean())
-        few = {k: v[: c.val_nets] for k, v in draw.items()}
-        out = batched_predict(self.target, few, x_val, memory_budget=VALIDATION_MEMORY)
-        if self.task.is_classification:
-            probs = out.softmax(-1).mean(0)
-            score = float((probs.argmax(-1) == y_val).float().mean())
-        else:
-            score = -float(task_loss(out, y_val, self.task).mean())
+        row = {"diversity": float(norms.std() / norms.mean()), **weight_spread(draw, self.specs)}
+        if held_out is not None:
+            x_val, y_val = held_out
+            few = {k: v[: c.val_nets] for k, v in draw.items()}
+            out = batched_predict(self.target, few, x_val, memory_budget=VALIDATION_MEMORY)
+            row["val_nll"] = ensemble_nll(out, y_val, self.task)
+            if self.task.is_classification:
+                mean = out.softmax(-1).mean(0)
+                row["val_acc"] = float((mean.argmax(-1) == y_val).float().mean())
+                if c.val_nets >= 2:
+                    row["val_disagreement"] = pairwise_disagreement(out)
         self._hypernet().train()
-        return score, diversity
+        return row
