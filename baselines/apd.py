@@ -107,9 +107,9 @@ class APDConfig(CheckedConfig):
     #: Number of SGLD chains run at once.
     chains: int = setting(4, check=at_least(1))
     #: SGLD steps per chain (burn-in included).
-    steps: int = setting(3000, check=at_least(1), search=IntRange(1000, 10000, log=True))
+    steps: int = setting(2000, check=at_least(1), search=IntRange(1000, 10000, log=True))
     #: Steps discarded before the first kept sample.
-    burn_in: int = setting(2000, check=non_negative)
+    burn_in: int = setting(1000, check=non_negative)
     #: Keep one sample per chain every ``thin`` steps after burn-in.
     thin: int = setting(20, check=at_least(1))
     #: Most recent kept samples held per chain (the GAN's data and the teacher's ensemble).
