@@ -144,7 +144,7 @@ class APDConfig(CheckedConfig):
     #: Width and number of the generator's hidden layers.
     gen_hidden: int = setting(256, check=at_least(1), search=Choice((128, 256, 512)))
     gen_layers: int = setting(3, check=at_least(1))
-    #: Width and number of the critic's hidden layers (its first layer reads all D weights).
+    #: Width and number of the critic's hidden layers.
     critic_hidden: int = setting(256, check=at_least(1))
     critic_layers: int = setting(3, check=at_least(1))
     #: Weight sets per GAN batch (real and fake alike); the authors' 32.
@@ -165,10 +165,11 @@ class APDConfig(CheckedConfig):
     log_every: int = setting(50, check=at_least(1))
 
     def check_together(self) -> None:
-        if self.steps - self.burn_in < self.thin:
+        if (self.steps - self.burn_in) // self.thin < 2:
             raise UserError(
-                f"apd: the teacher keeps no sample (steps={self.steps}, burn_in="
-                f"{self.burn_in}, thin={self.thin}); raise apd.steps or lower apd.burn_in"
+                f"apd: the teacher keeps fewer than 2 samples per chain (steps={self.steps}, "
+                f"burn_in={self.burn_in}, thin={self.thin}); raise apd.steps or lower "
+                "apd.burn_in / apd.thin"
             )
 
 

@@ -241,7 +241,7 @@ def test_teacher_sample_teacher_view_config_and_checkpoint_errors() -> None:
         ({"step_size": "nan"}, "apd.step_size=nan is invalid: use a finite number"),
         ({"gen_lr": "-1"}, "apd.gen_lr=-1.0 is invalid"),
         ({"coordinates": "pca"}, "apd.coordinates='pca' is invalid: use one of"),
-        ({"burn_in": "1990"}, "the teacher keeps no sample"),
+        ({"burn_in": "1970"}, "the teacher keeps fewer than 2 samples per chain"),
     ],
 )
 def test_config_rejects_bad_values(overrides: dict[str, str], message: str) -> None:
