@@ -145,14 +145,15 @@ class WGANGP:
             penalty = gradient_penalty(
                 lambda v, c=chain: self.critic(v, c), real, fake, alpha, weight=self.gp_weight
             )
-            check_finite("apd", {"critic": gap + penalty}, self.iterations)
+            critic_loss = gap + penalty
             self.critic_opt.zero_grad(set_to_none=True)
-            (gap + penalty).backward()
+            critic_loss.backward()
             self.critic_opt.step()
         self.critic.requires_grad_(False)
         chain = torch.randint(chains, (b,), generator=rng, device=dev)
         gen_loss = -self.critic(self.generator(self.noise(b), chain), chain).mean()
-        check_finite("apd", {"generator": gen_loss}, self.iterations)
+        # Once per iteration (a non-finite critic loss leaves the critic non-finite).
+        check_finite("apd", {"critic": critic_loss, "generator": gen_loss}, self.iterations)
         self.gen_opt.zero_grad(set_to_none=True)
         gen_loss.backward()
         self.gen_opt.step()
