@@ -1,22 +1,50 @@
-"""APD: the gradient penalty by hand, SGLD against an exact Gaussian posterior, the
-contract, and a does-it-learn run on the tiny images."""
+"""APD: the gradient penalty by hand, SGLD against an exact Gaussian posterior, a student
+that learns a correlation no per-chain diagonal Gaussian has, the contract, divergence
+and config errors, and a does-it-learn run on the tiny images."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 from collections import OrderedDict
+from typing import Any, ClassVar
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from uqbench.baselines.apd import APD, gradient_penalty
-from uqbench.errors import UserError
-from uqbench.functional import batched_predict
+from uqbench.baselines.apd import APD, APDConfig, gradient_penalty
+from uqbench.configs import search_space
+from uqbench.errors import FitDiverged, UserError
 from uqbench.sampler import Task
-from uqbench.testing import tiny_images, tiny_target
+from uqbench.testing import check_sampler_contract, tiny_images, tiny_target
+
+#: Settings for seconds-long fits on the tiny data (a test fixture, not a preset).
+TINY: dict[str, Any] = {
+    "chains": 2,
+    "steps": 200,
+    "burn_in": 60,
+    "thin": 10,
+    "batch_size": 32,
+    "step_size": 5e-4,
+    "prior_std": 1.0,
+    "buffer_size": 14,
+    "noise_dim": 8,
+    "gen_hidden": 32,
+    "gen_layers": 2,
+    "critic_hidden": 32,
+    "critic_layers": 2,
+    "gan_batch": 16,
+    "final_gan_iters": 40,
+    "val_every": 20,
+}
+
+
+class TinyAPD(APD):
+    """APD with :data:`TINY` as its tiny-benchmark settings, for the contract check."""
+
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"tiny": TINY}
 
 
 def test_gradient_penalty_of_a_linear_critic_is_lambda_times_norm_minus_one_squared() -> None:
@@ -49,8 +77,7 @@ def test_sgld_teacher_recovers_a_gaussian_posterior() -> None:
     precision = n / sigma**2 + 1 / prior_std**2
     post_mean = float(y.sum() / sigma**2 / precision)
     post_std = 1 / math.sqrt(precision)
-    config = dataclasses.replace(
-        APD.Config(),
+    config = APDConfig(
         chains=64,
         steps=1200,
         burn_in=400,
@@ -59,7 +86,6 @@ def test_sgld_teacher_recovers_a_gaussian_posterior() -> None:
         batch_size=n,
         step_size=0.1,
         prior_std=prior_std,
-        gan_every=10**9,
         final_gan_iters=0,
         noise_dim=2,
         gen_hidden=4,
@@ -77,45 +103,118 @@ def test_sgld_teacher_recovers_a_gaussian_posterior() -> None:
     assert theta.std().item() == pytest.approx(post_std, rel=0.08)
 
 
-def test_student_learns_tiny_images() -> None:
-    train, test = tiny_images(300, seed=0), tiny_images(150, seed=1)
-    config = dataclasses.replace(
-        APD.make_config(benchmark="tiny"),
-        step_size=0.05,
-        steps=300,
-        burn_in=100,
-        gan_every=2,
-        final_gan_iters=100,
+def _correlated_teacher(chains: int, kept: int) -> torch.Tensor:
+    """``[chains, kept, 4]``: per chain a Gaussian around its own mean with weights 0 and 1
+    correlated at ρ = 0.9 (std 0.5 each), weights 2 and 3 independent (std 0.2)."""
+    g = torch.Generator().manual_seed(0)
+    cov = torch.tensor([[0.25, 0.225, 0, 0], [0.225, 0.25, 0, 0], [0, 0, 0.04, 0], [0, 0, 0, 0.04]])
+    chol = torch.linalg.cholesky(cov)
+    means = torch.tensor([[1.0, -1.0, 0.5, 0.0], [-1.0, 1.0, 0.0, 0.5]])[:chains]
+    return means[:, None] + torch.randn(chains, kept, 4, generator=g) @ chol.T
+
+
+def _corr(x: torch.Tensor) -> float:
+    return float(torch.corrcoef(x[:, :2].T)[0, 1])
+
+
+def test_student_learns_a_correlation_a_per_chain_diagonal_gaussian_cannot() -> None:
+    samples = _correlated_teacher(chains=2, kept=400)
+    config = APDConfig(
+        chains=2,
+        noise_dim=4,
+        gen_hidden=32,
+        gen_layers=2,
+        critic_hidden=32,
+        critic_layers=2,
+        gan_batch=64,
+        gen_lr=3e-3,
+        critic_lr=3e-3,
+        final_gan_iters=200,
     )
+    target = nn.Sequential(OrderedDict(w=nn.Linear(4, 1, bias=False)))
+    apd = APD(target, config, task=Task(kind="regression"))
+    apd.distill(samples, seed=0)
+    draw = apd.sample(2000, generator=torch.Generator().manual_seed(0))["w.weight"].view(2000, 4)
+    # sample i comes from chain (o + i) mod 2, so the chains alternate.
+    offset = int((draw[0] - samples[1].mean(0)).norm() < (draw[0] - samples[0].mean(0)).norm())
+    for c in range(2):
+        student = draw[(c + offset) % 2 :: 2]
+        teacher = samples[c]
+        # A per-chain diagonal Gaussian with the teacher's moments: correlation ~0.
+        g = torch.Generator().manual_seed(1)
+        diagonal = teacher.mean(0) + teacher.std(0) * torch.randn(1000, 4, generator=g)
+        assert abs(_corr(diagonal)) < 0.1
+        assert _corr(teacher) > 0.85
+        assert _corr(student) > 0.6, _corr(student)
+        torch.testing.assert_close(student.mean(0), teacher.mean(0), atol=0.35, rtol=0)
+        ratio = student.std(0) / teacher.std(0)  # the correlated pair's spread is learned
+        assert ((ratio[:2] > 0.5) & (ratio[:2] < 1.6)).all(), ratio
+
+
+def test_student_learns_tiny_images_and_keeps_the_best_generator_on_val() -> None:
+    train, val, test = tiny_images(300, seed=0), tiny_images(90, seed=2), tiny_images(150, seed=1)
+    config = APDConfig(**{**TINY, "step_size": 0.05, "final_gan_iters": 150, "val_every": 25})
     sampler = APD(tiny_target(), config, task=Task(num_classes=3))
-    sampler.fit(train, seed=0)
+    sampler.fit(train, seed=0, val=val)
+    m = sampler.extra_metrics
+    assert m["teacher_acc"] >= 0.95 and m["student_acc"] >= 0.95
+    # One student network is nearly as good as one teacher sample, on validation.
+    assert m["student_acc1"] >= m["teacher_acc1"] - 0.05, m
+    assert m["agreement"] >= 0.95
+    assert m["selected_gan_iter"] in {25.0, 50.0, 75.0, 100.0, 125.0, 150.0}
+    # On test data the student's single networks and its ensemble are good too.
     x, y = test.tensors
     draw = sampler.sample(30, generator=torch.Generator().manual_seed(0))
-    probs = batched_predict(sampler.target, draw, x, transform=lambda o: o.softmax(-1))
-    student_acc = (probs.mean(0).argmax(1) == y).float().mean().item()
-    single_acc = (probs.argmax(-1) == y).float().mean().item()
-    assert student_acc >= 0.9, student_acc  # chance is 1/3
-    assert single_acc >= 0.8, single_acc  # one sampled network, on average
-    assert sampler.extra_metrics["teacher_acc"] >= 0.9
-    assert sampler.extra_metrics["agreement"] >= 0.9
-    # The GAN, not just the standardisation, shapes the student: per-weight spread relative
-    # to the teacher's (std_ratio) grows well beyond that of the untrained generator.
-    untrained = APD(
-        tiny_target(),
-        dataclasses.replace(config, gan_every=10**9, final_gan_iters=0),
-        task=Task(num_classes=3),
+    probs = torch.stack(
+        [
+            torch.func.functional_call(
+                sampler.target, {k: v[i] for k, v in draw.items()}, (x,)
+            ).softmax(-1)
+            for i in range(30)
+        ]
     )
-    untrained.fit(train, seed=0)
-    assert untrained.extra_metrics["std_ratio"] < 0.15
-    assert sampler.extra_metrics["std_ratio"] > 0.3
+    assert (probs.mean(0).argmax(1) == y).float().mean() >= 0.95
+    assert (probs.argmax(-1) == y).float().mean() >= 0.9
+    # Without a validation split nothing is selected and the scores are on training data.
+    plain = APD(tiny_target(), config, task=Task(num_classes=3))
+    plain.fit(train, seed=0)
+    assert plain.extra_metrics["selected_gan_iter"] == 150.0
+    assert "student_acc_train" in plain.extra_metrics
 
 
-def test_teacher_sample_teacher_view_and_user_errors() -> None:
-    sampler = APD(tiny_target(), APD.make_config(benchmark="tiny"), task=Task(num_classes=3))
+def test_contract_with_the_tiny_settings() -> None:
+    check_sampler_contract(TinyAPD)
+
+
+def test_non_finite_losses_raise_fit_diverged() -> None:
+    x, y = tiny_images(60).tensors
+    fast = {**TINY, "step_size": 0.05}
+    poisoned = x.clone()
+    poisoned[3, 0, 0, 0] = float("nan")
+    with pytest.raises(FitDiverged, match="SGLD loss became nan at step 1"):
+        APD(tiny_target(), APDConfig(**fast), task=Task(num_classes=3)).fit(
+            TensorDataset(poisoned, y), seed=0
+        )
+    with pytest.raises(FitDiverged, match="apd: the SGLD loss became"):
+        APD(tiny_target(), APDConfig(**{**TINY, "step_size": 1e6}), task=Task(num_classes=3)).fit(
+            TensorDataset(x, y), seed=0
+        )
+    # The GAN checks its own losses: a teacher sample with an infinite weight.
+    samples = _correlated_teacher(chains=2, kept=8)
+    samples[0, 0, 0] = float("inf")
+    target = nn.Sequential(OrderedDict(w=nn.Linear(4, 1, bias=False)))
+    config = APDConfig(**{**TINY, "coordinates": "raw", "warm_start": False})
+    with pytest.raises(FitDiverged, match="critic loss became"):
+        APD(target, config, task=Task(kind="regression")).distill(samples, seed=0)
+
+
+def test_teacher_sample_teacher_view_config_and_checkpoint_errors() -> None:
+    sampler = APD(tiny_target(), APDConfig(**TINY), task=Task(num_classes=3))
     with pytest.raises(UserError, match="not fitted"):
         sampler.sample(2)
     sampler.fit(tiny_images(60), seed=0)
     kept = int(sampler.extra_metrics["teacher_samples"])
+    assert kept == 2 * 14
     draw = sampler.teacher_sample(kept, generator=torch.Generator().manual_seed(0))
     flat = torch.cat([v.flatten(1) for v in draw.values()], dim=1)
     assert len(torch.unique(flat, dim=0)) == kept  # without replacement
@@ -127,5 +226,31 @@ def test_teacher_sample_teacher_view_and_user_errors() -> None:
     assert set(view.sample(3)) == {k for k, _ in sampler.target.named_parameters()}
     with pytest.raises(UserError, match=f"holds only {kept}"):
         view.sample(kept + 1)
-    with pytest.raises(UserError, match="apd.steps"):
-        APD(tiny_target(), APD.make_config({"steps": "0"}))
+    state = sampler.state_dict()
+    state["config"] = {**state["config"], "holdout": 0}
+    with pytest.raises(UserError, match="unknown settings: holdout"):
+        APD(tiny_target(), APDConfig(**TINY)).load_state_dict(state)
+    with pytest.raises(UserError, match=r"apd.distill takes samples \[chains=2"):
+        sampler.distill(torch.zeros(3, 5, 7), seed=0)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"steps": "0"}, "apd.steps=0 is invalid"),
+        ({"step_size": "nan"}, "apd.step_size=nan is invalid: use a finite number"),
+        ({"gen_lr": "-1"}, "apd.gen_lr=-1.0 is invalid"),
+        ({"coordinates": "pca"}, "apd.coordinates='pca' is invalid: use one of"),
+        ({"burn_in": "1970"}, "the teacher keeps fewer than 2 samples per chain"),
+    ],
+)
+def test_config_rejects_bad_values(overrides: dict[str, str], message: str) -> None:
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        APD.make_config(overrides)
+
+
+def test_search_space_names_the_tunable_knobs() -> None:
+    space = search_space(APDConfig)
+    assert {"step_size", "prior_std", "gen_lr", "critic_lr", "final_gan_iters"} <= set(space)
+    assert APDConfig().step_size == 0.025 and APDConfig().prior_std == 0.14
+    assert dataclasses.asdict(APDConfig())["coordinates"] == "span"
