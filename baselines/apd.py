@@ -72,7 +72,6 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -80,7 +79,6 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from uqbench.baselines._adam_training import independent_batches
 from uqbench.baselines.apd_gan import WGANGP, Critic, Generator, gradient_penalty
 from uqbench.baselines.apd_sgld import SGLDChains, initial_chains
 from uqbench.configs import (
@@ -99,6 +97,7 @@ from uqbench.functional import batched_predict
 from uqbench.sampler import Progress, Task, WeightSampler
 from uqbench.targets import parametric_layers
 from uqbench.training import (
+    MinibatchSampler,
     as_tensors,
     check_finite,
     derive_seeds,
@@ -245,8 +244,8 @@ class APD(WeightSampler):
         x, y = (t.to(self.device) for t in as_tensors(train))
         if len(x) < 1:
             raise UserError("apd: the training set is empty")
-        batches = _epochs(
-            len(x), [seeded_generator(seeds[s]) for s in data_streams], cfg.batch_size
+        batches = MinibatchSampler(
+            len(x), cfg.batch_size, [seeded_generator(seeds[s]) for s in data_streams]
         )
         theta = initial_chains(
             self.target,
@@ -270,7 +269,7 @@ class APD(WeightSampler):
         total = cfg.steps + cfg.final_gan_iters
         t0 = time.perf_counter()
         for step in range(1, cfg.steps + 1):
-            index = next(batches).to(self.device)
+            index = batches.next().to(self.device)
             loss = teacher.step(x[index], y[index])
             check_finite("apd", {"SGLD": loss}, step)
             if step > cfg.burn_in and (step - cfg.burn_in) % cfg.thin == 0:
@@ -624,12 +623,6 @@ def _offset(progress: Progress, done: int, total: int) -> Progress:
         progress(done + step, total, **metrics)
 
     return report
-
-
-def _epochs(n: int, generators: list[torch.Generator], batch_size: int) -> Iterator[Tensor]:
-    """Index batches ``[C, b]`` forever, chain c reading epochs of its own shuffled order."""
-    while True:
-        yield from independent_batches(n, generators, batch_size)
 
 
 class APDTeacher(WeightSampler):

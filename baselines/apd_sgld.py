@@ -11,7 +11,7 @@ Their MNIST setting (``lr`` 0.05, i.e. η = 0.025, and weight decay 0.001 at N =
 i.e. σ_p = 1/√(0.001 · 50,000) ≈ 0.14) is the default of :class:`~uqbench.baselines.apd.APD`.
 
 All chains run in one vmapped forward, chain c on its own minibatch; the loss of each
-chain is :func:`uqbench.baselines._adam_training.per_net_loss`, the per-network task loss
+chain is :func:`uqbench.training.per_net_loss`, the per-network task loss
 the other baselines train with.
 """
 
@@ -22,10 +22,10 @@ import math
 import torch
 from torch import Tensor, nn
 
-from uqbench.baselines._adam_training import per_net_loss
 from uqbench.functional import fan_in, stacked_forward_per_net
 from uqbench.sampler import Task
 from uqbench.targets import parametric_layers
+from uqbench.training import per_net_loss
 
 
 def initial_chains(

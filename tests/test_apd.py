@@ -7,10 +7,10 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections import OrderedDict
-from typing import Any, ClassVar
 
 import pytest
 import torch
+from tiny_configs import TINY as TINY_CONFIGS
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -20,31 +20,7 @@ from uqbench.errors import FitDiverged, UserError
 from uqbench.sampler import Task
 from uqbench.testing import check_sampler_contract, tiny_images, tiny_target
 
-#: Settings for seconds-long fits on the tiny data (a test fixture, not a preset).
-TINY: dict[str, Any] = {
-    "chains": 2,
-    "steps": 200,
-    "burn_in": 60,
-    "thin": 10,
-    "batch_size": 32,
-    "step_size": 5e-4,
-    "prior_std": 1.0,
-    "buffer_size": 14,
-    "noise_dim": 8,
-    "gen_hidden": 32,
-    "gen_layers": 2,
-    "critic_hidden": 32,
-    "critic_layers": 2,
-    "gan_batch": 16,
-    "final_gan_iters": 40,
-    "val_every": 20,
-}
-
-
-class TinyAPD(APD):
-    """APD with :data:`TINY` as its tiny-benchmark settings, for the contract check."""
-
-    presets: ClassVar[dict[str, dict[str, Any]]] = {"tiny": TINY}
+TINY = TINY_CONFIGS["apd"]
 
 
 def test_gradient_penalty_of_a_linear_critic_is_lambda_times_norm_minus_one_squared() -> None:
@@ -183,7 +159,7 @@ def test_student_learns_tiny_images_and_keeps_the_best_generator_on_val() -> Non
 
 
 def test_contract_with_the_tiny_settings() -> None:
-    check_sampler_contract(TinyAPD)
+    check_sampler_contract(APD, overrides=TINY)
 
 
 def test_non_finite_losses_raise_fit_diverged() -> None:
@@ -238,7 +214,7 @@ def test_teacher_sample_teacher_view_config_and_checkpoint_errors() -> None:
     ("overrides", "message"),
     [
         ({"steps": "0"}, "apd.steps=0 is invalid"),
-        ({"step_size": "nan"}, "apd.step_size=nan is invalid: use a finite number"),
+        ({"step_size": "nan"}, "apd.step_size=nan: expected a finite number"),
         ({"gen_lr": "-1"}, "apd.gen_lr=-1.0 is invalid"),
         ({"coordinates": "pca"}, "apd.coordinates='pca' is invalid: use one of"),
         ({"burn_in": "1970"}, "the teacher keeps fewer than 2 samples per chain"),

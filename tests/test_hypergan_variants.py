@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 from test_hypergan import SMALL, TINY, regression_spread
+from tiny_configs import TINY as TINY_CONFIGS
 from torch.utils.data import TensorDataset
 
 from uqbench.configs import search_space
@@ -151,10 +152,10 @@ def test_ablations_are_the_paper_model_minus_one_part(cls, mixer, discriminator)
 def test_variants_are_registered(name: str) -> None:
     cls = load_method(name)
     assert issubclass(cls, HyperGAN) and cls.name == name
-    assert cls.make_config(benchmark="tiny").owner == name
+    assert cls.make_config().owner == name
 
 
 @pytest.mark.parametrize("cls", [HyperGANEngineered, HyperGANRepulsive])
 def test_variants_pass_the_sampler_contract(cls) -> None:
     """The contract suite runs base classes only; these change modules and the loss."""
-    check_sampler_contract(cls)
+    check_sampler_contract(cls, overrides=TINY_CONFIGS[cls.name])

@@ -6,9 +6,10 @@ A plugin author runs the same checks the built-ins pass::
     def test_my_method():
         check_sampler_contract(MyMethod)
 
-Each check fits on a few hundred 12x12 images (or 64 1D points) with a small config —
-``overrides`` (settings for seconds-long fits, kept with the tests) or else the sampler's
-``presets["tiny"]`` — so a whole contract run takes seconds.
+Each check fits on a few hundred 12x12 images (or 64 1D points) with the sampler's
+defaults plus ``overrides`` — settings for seconds-long fits, kept with the tests
+(``check_sampler_contract(MyMethod, overrides={"epochs": 2})``) — so a whole contract run
+takes seconds.
 """
 
 from __future__ import annotations
@@ -126,11 +127,10 @@ def make_tiny_sampler(
     device: str = "cpu",
     overrides: dict[str, Any] | None = None,
 ) -> WeightSampler:
-    """``cls`` on the tiny benchmark's target: its ``presets['tiny']`` config (if any), then
-    ``overrides``."""
+    """``cls`` on the tiny benchmark's target: its default config, then ``overrides``."""
     data = tiny_benchmark(kind)
     torch.manual_seed(0)
-    config = dataclasses.replace(cls.make_config(benchmark="tiny"), **(overrides or {}))
+    config = dataclasses.replace(cls.make_config(), **(overrides or {}))
     return cls(data.make_target(), config, task=data.task, device=device)
 
 

@@ -62,7 +62,6 @@ class HyperGANEngineered(HyperGAN):
     name = "hypergan-engineered"
     Config = HyperGANEngineeredConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {**HyperGAN.presets["tiny"], "lr_mean": 1e-2, "pretrain_steps": 0},
         "mnist5000": {
             "generator_hidden": 128,
             "nets_per_step": 4,

@@ -128,27 +128,6 @@ class HyperGAN(WeightSampler):
     name = "hypergan"
     Config = HyperGANConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        # The contract check (uqbench.testing) fits every method with presets["tiny"].
-        "tiny": {
-            "noise_dim": 32,
-            "code_dim": 16,
-            "mixer_hidden": 64,
-            "generator_hidden": 64,
-            "discriminator_hidden": 64,
-            "steps": 150,
-            "init_scale": 0.25,
-            "nets_per_step": 4,
-            "noise_batch": 16,
-            "lr_mixer": 3e-3,
-            "lr_generator": 3e-3,
-            "lr_discriminator": 1e-3,
-            "pretrain_steps": 20,
-            "pretrain_batch": 256,
-            "val_every": 75,
-            "val_nets": 3,
-            "diversity_samples": 20,
-            "bn_calibration": 256,
-        },
         # The paper's model on a shorter budget for the default (quick) benchmark.
         "mnist5k-split": {"steps": 300, "val_every": 100},
         "toy1d": {"steps": 1000, "batch_size": 20, "val_every": 250},
