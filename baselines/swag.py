@@ -141,12 +141,14 @@ class SWAG(WeightSampler):
             "lr": 3e-3,
             "swa_lr": 1e-3,
         },
+        # toy1d has no validation split: of lr 1e-3, 3e-3, 1e-2 (swa_lr about half), the one
+        # with the lowest training loss (1.56, 1.45, 1.35; the laplace MAP net: 1.40).
         "toy1d": {
             "epochs": 1500,
             "burn_in": 1000,
             "batch_size": 5,
-            "lr": 1e-3,
-            "swa_lr": 5e-4,
+            "lr": 1e-2,
+            "swa_lr": 5e-3,
             "weight_decay": 0.0,
         },
         "mnist5000": {"epochs": 30, "burn_in": 10},
