@@ -129,6 +129,16 @@ def test_prior_from_validation_split_and_fallback_without_one():
     assert sampler.extra_metrics["prior_from_val"] == 0.0
 
 
+def test_regression_prior_from_validation_weighs_the_variance():
+    data = tiny_benchmark("regression")
+    sampler = make_tiny_sampler(LastLayerLaplace, "regression")
+    sampler.config = LaplaceConfig(**{**sampler.config.__dict__, "prior": "val"})
+    sampler.fit(data.train, seed=0, val=tiny_regression(40, seed=5))
+    assert sampler.extra_metrics["prior_from_val"] == 1.0
+    # The MSE of the predictive mean (laplace-torch's default) would pick the grid's edge 1e4.
+    assert sampler.extra_metrics["prior_precision"] < 1e3
+
+
 def test_bad_input_is_a_one_line_user_error():
     with pytest.raises(UserError, match="laplace.hessian"):
         LaplaceConfig(hessian="diag")

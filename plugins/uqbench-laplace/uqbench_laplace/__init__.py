@@ -32,7 +32,9 @@ Departures and choices:
   one (a benchmark with no validation split) it keeps the last epoch, and ``prior="val"``
   falls back to the marginal likelihood (``extra_metrics["prior_from_val"]`` = 0).
 - Regression uses laplace-torch's Gaussian likelihood with the benchmark's fixed noise
-  σ (``Task.noise_std``); heteroscedastic targets are refused.
+  σ (``Task.noise_std``); heteroscedastic targets are refused. ``prior="val"`` scores a
+  candidate δ by the validation NLL in both tasks (for regression a Gaussian NLL with σ²
+  added, in place of laplace-torch's default MSE, which is blind to the variance).
 - The checkpoint holds tensors only — the MAP weights, the posterior mean and the
   factors needed to sample (eigen-decomposed Kronecker factors and δ, or the dense
   posterior scale) — never laplace-torch objects, so it loads with
@@ -52,6 +54,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from laplace import Laplace
 from laplace.utils.matrix import KronDecomposed
 from torch import Tensor, nn
@@ -281,6 +284,7 @@ class LastLayerLaplace(WeightSampler):
                         prior_structure=cfg.prior_structure,
                         val_loader=self._loader(xv, yv, cfg.hessian_batch_size),
                         grid_size=cfg.grid_size,
+                        loss=None if self.task.is_classification else self._gaussian_nll,
                     )
                 else:
                     la.optimize_prior_precision(
@@ -292,6 +296,12 @@ class LastLayerLaplace(WeightSampler):
                     "check the MAP fit or use laplace.hessian=kron"
                 ) from None
         return la
+
+    def _gaussian_nll(self, mean: Tensor, var: Tensor, y: Tensor) -> Tensor:
+        """Validation NLL of the sampled regression predictive, noise σ² included
+        (laplace-torch's default regression loss, the MSE, ignores the variance)."""
+        total = var.reshape(-1) + self.task.noise_std**2
+        return F.gaussian_nll_loss(mean.reshape(-1), y.reshape(-1), total, full=True)
 
     def _loader(self, x: Tensor, y: Tensor, batch_size: int) -> DataLoader:
         """Batches in order; regression targets as ``[B, 1]``, laplace-torch's shape."""
