@@ -55,8 +55,6 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from laplace import Laplace
-from laplace.utils.matrix import KronDecomposed
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -147,7 +145,8 @@ class LastLayerLaplace(WeightSampler):
     ) -> None:
         super().__init__(target, config, task=task, device=device)
         self.state: dict[str, Any] | None = None
-        self._posterior: KronDecomposed | Tensor | None = None
+        #: laplace-torch's ``KronDecomposed`` posterior precision, or the dense scale.
+        self._posterior: Any = None
 
     # --- fit -------------------------------------------------------------------------
     def fit(
@@ -261,7 +260,8 @@ class LastLayerLaplace(WeightSampler):
             likelihood, extra = "classification", {}
         else:
             likelihood, extra = "regression", {"sigma_noise": self.task.noise_std}
-        la = Laplace(
+        laplace, _ = _laplace_torch()
+        la = laplace(
             net,
             likelihood,
             subset_of_weights="last_layer",
@@ -341,10 +341,10 @@ class LastLayerLaplace(WeightSampler):
         state = self._fitted()
         mean: Tensor = state["mean"]
         eps = torch.randn(n, mean.numel(), generator=generator, dtype=mean.dtype)
-        if isinstance(self._posterior, KronDecomposed):
-            offset = self._posterior.bmm(eps, exponent=-0.5).reshape(n, -1)
-        else:
+        if isinstance(self._posterior, Tensor):
             offset = eps @ self._posterior.T
+        else:
+            offset = self._posterior.bmm(eps, exponent=-0.5).reshape(n, -1)
         flat = mean.unsqueeze(0) + offset
         layer = state["last_layer"]
         weights = {k: v.unsqueeze(0).expand(n, *v.shape).clone() for k, v in state["map"].items()}
@@ -379,7 +379,8 @@ class LastLayerLaplace(WeightSampler):
             )
         self.config = LaplaceConfig(**state["config"])
         if "eigenvectors" in state:
-            self._posterior = KronDecomposed(
+            _, kron_decomposed = _laplace_torch()
+            self._posterior = kron_decomposed(
                 [list(g) for g in state["eigenvectors"]],
                 [list(g) for g in state["eigenvalues"]],
                 deltas=state["deltas"],
@@ -426,6 +427,20 @@ class PointView(WeightSampler):
 
     def load_state_dict(self, state: dict) -> None:
         self.weights = {k: v.to(self.device) for k, v in state["weights"].items()}
+
+
+def _laplace_torch() -> tuple[Any, Any]:
+    """laplace-torch's ``Laplace`` and ``KronDecomposed``, imported on first use.
+
+    Registering the plugin then costs nothing (``uqbench list`` and runs of other methods
+    never import it), and the FutureWarning that its asdl dependency raises at import
+    (``torch.jit.script`` is deprecated) does not reach the command line's output.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.jit.script", category=FutureWarning)
+        from laplace import Laplace
+        from laplace.utils.matrix import KronDecomposed
+    return Laplace, KronDecomposed
 
 
 def _devices(device: torch.device) -> list[int]:
