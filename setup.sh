@@ -19,4 +19,6 @@ fi
 .venv/bin/python -m pip install -q "torch==2.14.1" "torchvision==0.29.1" 2>/dev/null \
     || .venv/bin/python -m pip install -q "torch>=2.4,<2.15" "torchvision>=0.19,<0.30"
 .venv/bin/python -m pip install -q -e ".[test,ray]"
+# The laplace-torch plugin: a separate package, installed as a user would install a plugin.
+.venv/bin/python -m pip install -q -e ./plugins/uqbench-laplace
 echo "setup: ready (.venv)"
