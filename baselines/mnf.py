@@ -16,7 +16,7 @@ of them), with a KL weight ``beta_t`` (1, or rising linearly from 0 over a
         - beta_t / N * sum_layers E_{q(z) q(W,b|z)}[ KL(q(W,b|z) || p) - log r(z | W) + log q(z) ]
 
     log q(z)    = log N(z_0; m, s^2) - sum_t log|det df_t/dz_{t-1}|
-    log r(z|W)  = log N(g(z); mu~(W), sigma~^2(W)) + log|det dg/dz|      (auxiliary "inverse" flow g)
+    log r(z|W)  = log N(g(z); mu~(W), sigma~^2(W)) + log|det dg/dz|   (auxiliary "inverse" flow g)
     a(W)        = mean_j tanh(sum_i c_i W_ij)      (i: the z axis of W, j: all other axes)
     mu~ = b1 a + d1,   log sigma~^2 = b2 a + d2
 

@@ -219,7 +219,8 @@ def gemm_gflops(device: torch.device, size: int) -> float:
 def random_weights(
     target: nn.Module, n: int, device: torch.device, seed: int = 0
 ) -> dict[str, Tensor]:
-    """n weight sets at the usual initialisation scale (weights N(0, 1/fan_in), biases 0.1 N(0, 1))."""
+    """n weight sets at the usual initialisation scale: weights N(0, 1/fan_in), biases
+    0.1 N(0, 1)."""
     g = torch.Generator(device="cpu").manual_seed(seed)
     out = {}
     for name, p in target.named_parameters():
@@ -506,7 +507,8 @@ def table(r: dict[str, Any]) -> str:
     m = r["machine"]
     peak = r["peak_mb"]
     lines = [
-        f"device {m['device']} ({m['gpu'] or m['cpu']}), {m['cores']} cores, {m['threads']} torch threads, "
+        f"device {m['device']} ({m['gpu'] or m['cpu']}), {m['cores']} cores, "
+        f"{m['threads']} torch threads, "
         f"torch {m['torch']}, load average {m.get('load_avg_start')} -> {m.get('load_avg_end')}",
         f"fp32 GEMM peak: {_fmt(r['gemm_gflops'])} GFLOP/s  (matmul {r['gemm_size']}^2); "
         f"times are {'process CPU' if r['clock'] == 'cpu' else 'wall-clock'} time",

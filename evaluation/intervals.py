@@ -1,4 +1,5 @@
-"""Confidence intervals on differences between methods: a paired bootstrap over seeds and test points.
+"""Confidence intervals on differences between methods: a paired bootstrap over seeds and
+test points.
 
 "Method A is 0.33 points better than the baseline" needs an error bar that accounts for
 both sources of noise in a benchmark table: which test points happen to be in the test

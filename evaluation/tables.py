@@ -34,7 +34,8 @@ def _check(df: pd.DataFrame) -> None:
     missing = [c for c in LONG_COLUMNS if c not in df.columns]
     if missing:
         raise UserError(
-            f"results table lacks column(s) {', '.join(missing)}; expected {', '.join(LONG_COLUMNS)}"
+            f"results table lacks column(s) {', '.join(missing)}; "
+            f"expected {', '.join(LONG_COLUMNS)}"
         )
 
 

@@ -1,4 +1,5 @@
-"""On a CUDA machine: every sampler fits and samples on the GPU, and the harness agrees with the CPU."""
+"""On a CUDA machine: every sampler fits and samples on the GPU, and the harness agrees with
+the CPU."""
 
 from __future__ import annotations
 

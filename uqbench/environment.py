@@ -53,7 +53,8 @@ def machine() -> dict[str, str | int]:
 
 
 def resolve_device(requested: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without one is a UserError."""
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without one is a
+    UserError."""
     from uqbench.errors import UserError
 
     if requested == "auto":

@@ -34,7 +34,8 @@ Everything else (buffers such as batch-norm statistics, dropout, ``padding_mode`
 zeros, pooling after Flatten, 3-D inputs ...) is not supported: :func:`supports` says so
 and the caller falls back to ``vmap``. Gradients flow through this path too (tested
 against ``vmap``); :func:`uqbench.functional.stacked_forward` takes it, with or without
-autograd, on the device types in ``FAST_DEVICES`` (where it was measured: the CPU). Measured effects of each step are in ``results/performance.md``.
+autograd, on the device types in ``FAST_DEVICES`` (where it was measured: the CPU).
+Measured effects of each step are in ``results/performance.md``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Methods come from the ``uqbench.methods`` entry-point group; built-ins are registered the same way.
+"""Methods come from the ``uqbench.methods`` entry-point group; built-ins are registered the
+same way.
 
 A plugin that fails to import is reported by name (``uqbench list``) and breaks nothing else.
 """

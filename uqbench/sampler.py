@@ -147,7 +147,8 @@ class WeightSampler(ABC):
             fields = {f.name: f for f in dataclasses.fields(config)}
             if key not in fields:
                 raise UserError(
-                    f"{cls.name} has no setting {key!r}; known settings: {', '.join(sorted(fields))}"
+                    f"{cls.name} has no setting {key!r}; "
+                    f"known settings: {', '.join(sorted(fields))}"
                 )
             current = getattr(config, key)
             config = dataclasses.replace(config, **{key: _cast(raw, current, f"{cls.name}.{key}")})

@@ -54,7 +54,8 @@ def tiny_regression_target(hidden: int = 32) -> nn.Sequential:
 
 
 def tiny_images(n: int = 300, num_classes: int = 3, seed: int = 0) -> TensorDataset:
-    """Images of class c carry a bright horizontal bar in band c plus noise: learnable in seconds."""
+    """Images of class c carry a bright horizontal bar in band c plus noise: learnable in
+    seconds."""
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % num_classes
     x = 0.3 * torch.rand(n, 1, TINY_IMAGE, TINY_IMAGE, generator=g)

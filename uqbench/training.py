@@ -105,7 +105,8 @@ def check_finite(method: str, losses: dict[str, Tensor | float], step: int) -> N
 
 
 def per_net_loss(outputs: Tensor, y: Tensor, task: Task) -> Tensor:
-    """Task loss of each network on its own labels: ``outputs [K, b, ...]``, ``y [K, b]`` -> ``[K]``.
+    """Task loss of each network on its own labels: ``outputs [K, b, ...]``, ``y [K, b]``
+    -> ``[K]``.
 
     :func:`task_loss` (one label vector shared by all networks) vmapped over the networks,
     for loops where network k trains on its own minibatch (ensemble members, dropout masks,
