@@ -133,14 +133,6 @@ class SWAG(WeightSampler):
     name: ClassVar[str] = "swag"
     Config: ClassVar[type] = SWAGConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {
-            "epochs": 12,
-            "burn_in": 4,
-            "rank": 6,
-            "batch_size": 32,
-            "lr": 3e-3,
-            "swa_lr": 1e-3,
-        },
         # toy1d has no validation split: of lr 1e-3, 3e-3, 1e-2 (swa_lr about half), the one
         # with the lowest training loss (1.56, 1.45, 1.35; the laplace MAP net: 1.40).
         "toy1d": {

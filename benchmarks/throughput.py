@@ -14,17 +14,16 @@ one JSON object on the last line). In one process it measures:
   ``--vmap-images``); their GFLOP/s do not depend on the image count.
 - ``train-size forward``: the same three forwards at the training regime's sizes
   (``--train-nets`` networks x ``--train-batch`` images), best of ``--reps``.
-- ``train``: one HyperGAN step at those sizes with the paper's MNIST widths (noise ->
-  mixer -> generators -> the generated networks' forward -> backward -> Adam with the
-  paper's settings; the discriminator update is left out) versus that many independent
-  small CNNs taking one Adam step each, one after another. The step runs as
-  ``uqbench.hypergan`` runs it today on CPU (``stacked_forward`` = the fast path under
-  autograd, ``Adam(fused=True)``), and for comparison with ``vmap`` (what it runs on
-  devices outside ``fast_forward.FAST_DEVICES``) and/or Adam's default foreach kernel.
-  Also the stacked networks trained directly (one Adam over ``[n, ...]`` weights), with
-  vmap and with the fast path. Median of ``--reps`` steps after two warm-up steps.
-  ``train_speedup_vs_loop`` is loop / today's HyperGAN step; ``train_speedup_vs_loop_vmap``
-  uses the vmap, fused step.
+- ``train``: one real HyperGAN training step (``HyperGAN._step`` with the sampler's own
+  optimisers: discriminator update, noise -> mixer -> generators -> the generated
+  networks' forward -> backward -> Adam) at those sizes with the paper's MNIST widths,
+  versus that many independent small CNNs taking one Adam step each, one after another.
+  The step runs on the path the sampler takes by default (the fast path on CPU) and with
+  the fast path switched off (vmap, what it runs on devices outside
+  ``fast_forward.FAST_DEVICES``). Also the stacked networks trained directly (one Adam
+  over ``[n, ...]`` weights), with vmap and with the fast path. Median of ``--reps`` steps
+  after two warm-up steps. ``train_speedup_vs_loop`` is loop / the default step;
+  ``train_speedup_vs_loop_vmap`` uses the vmap step.
 - ``sample``: each registered method's ``sample(100)`` (median of 5) on the small CNN,
   built with its default (paper-sized) config and fitted for the fewest steps its config
   allows on 256 random images (see ``FIT_OVERRIDES``): sampling cost depends on the
@@ -391,38 +390,23 @@ def bench_train(args: argparse.Namespace, device: torch.device, results: dict[st
         results["train_speedup_vs_loop"] = None
         results["hypergan_step_error"] = _reason(exc)
         return
-    params = list(sampler.generators.parameters())
-    if sampler.mixer is not None:
-        params += list(sampler.mixer.parameters())
+    # The real training step (HyperGAN._step with the sampler's own optimisers), on the
+    # path the sampler takes by default and with the fast path switched off (vmap).
     for module in (sampler.generators, sampler.mixer):
         if module is not None:
             module.train()
+    opt_g, opt_d = sampler._optimizers()
     noise_g = torch.Generator(device="cpu").manual_seed(6)
 
-    def hypergan_step(forward: Callable[..., Tensor], *, fused: bool) -> Callable[[], None]:
-        opt = torch.optim.Adam(params, lr=1e-4, betas=(0.5, 0.9), weight_decay=1e-4, fused=fused)
+    def hypergan_step() -> None:
+        sampler._step(x, y, opt_g, opt_d, noise_g)
 
-        def step() -> None:
-            noise = torch.randn(n, sampler.noise_width, generator=noise_g).to(device)
-            weights = sampler.weights_from_codes(sampler.codes(noise))
-            loss = task_loss(forward(sampler.target, weights, x), y, sampler.task).mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-        return step
-
-    fast = fast_forward.fast_stacked_forward
-    for key, forward, fused in (
-        ("hypergan_step_vmap_foreach", vmap_only, False),
-        ("hypergan_step_vmap", vmap_only, True),
-        ("hypergan_step_fast_foreach", fast, False),
-        ("hypergan_step", fast, True),  # what uqbench.hypergan does today on CPU
-    ):
+    _record(results, "hypergan_step", measure(hypergan_step, device, reps=args.reps, warmup=2))
+    with fast_forward.fast_path(False):
         _record(
             results,
-            key,
-            measure(hypergan_step(forward, fused=fused), device, reps=args.reps, warmup=2),
+            "hypergan_step_vmap",
+            measure(hypergan_step, device, reps=args.reps, warmup=2),
         )
     results["train_speedup_vs_loop"] = results["train_loop_ms"] / results["hypergan_step_ms"]
     results["train_speedup_vs_loop_vmap"] = (
@@ -559,10 +543,8 @@ def table(r: dict[str, Any]) -> str:
     if "train_loop_ms" in r:
         size = f"{r['train_nets']} nets x {r['train_batch']} img"
         for key, label in (
-            ("hypergan_step_vmap_foreach", "HyperGAN step (vmap, foreach Adam)"),
-            ("hypergan_step_vmap", "HyperGAN step (vmap, fused Adam)"),
-            ("hypergan_step_fast_foreach", "HyperGAN step (fast path, foreach Adam)"),
-            ("hypergan_step", "HyperGAN step (fast path, fused Adam; today)"),
+            ("hypergan_step_vmap", "HyperGAN step (vmap)"),
+            ("hypergan_step", "HyperGAN step (default path)"),
             ("train_stacked_vmap", "stacked nets, 1 Adam step (vmap)"),
             ("train_stacked_fast", "stacked nets, 1 Adam step (fast)"),
             ("train_loop", "independent nets, 1 step each"),
@@ -596,7 +578,7 @@ def table(r: dict[str, Any]) -> str:
             "{:.2f}x",
         ),
         (
-            "  same, vmap + fused Adam",
+            "  same, vmap",
             r.get("train_speedup_vs_loop_vmap"),
             lambda v: v >= 2,
             "{:.2f}x",
@@ -712,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
         bench_train(args, device, results)
     if "sample" not in args.skip:
         bench_sampling(args, device, results)
-    # Keys the issue asks for are always present (None when that part was skipped).
+    # The report's keys are always present (None when that part was skipped).
     for key in (
         "eval_batched_gflops",
         "eval_loop_gflops",

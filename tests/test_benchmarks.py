@@ -1,4 +1,4 @@
-"""`python -m benchmarks.throughput` runs end to end at toy sizes and reports what issue 7 asks.
+"""`python -m benchmarks.throughput` runs end to end at toy sizes and reports every key.
 
 Timings are not asserted (they belong to the benchmark, not to a timed test); the keys, the
 FLOP count and the agreement of the batched path with the per-network loop are.

@@ -7,6 +7,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from tiny_configs import TINY as TINY_CONFIGS
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -22,9 +23,11 @@ from uqbench.testing import (
     tiny_regression,
 )
 
+TINY = TINY_CONFIGS["swag"]
+
 
 def test_contract():
-    check_sampler_contract(SWAG)
+    check_sampler_contract(SWAG, overrides=TINY)
 
 
 def test_registered_as_swag():
@@ -32,7 +35,7 @@ def test_registered_as_swag():
 
 
 def _regression_swag(**changes) -> SWAG:
-    sampler = make_tiny_sampler(SWAG, "regression")
+    sampler = make_tiny_sampler(SWAG, "regression", overrides=TINY)
     sampler.config = dataclasses.replace(sampler.config, **changes)
     return sampler
 
@@ -79,7 +82,7 @@ def test_only_the_last_rank_iterates_form_the_low_rank_part():
 
 
 def test_learning_rate_schedule_by_hand():
-    swag = make_tiny_sampler(SWAG)
+    swag = make_tiny_sampler(SWAG, overrides=TINY)
     swag.config = SWAGConfig(epochs=8, burn_in=4, lr=0.05, swa_lr=0.01)
     assert swag.learning_rate(0, 0, 10) == pytest.approx(0.05)
     assert swag.learning_rate(1, 9, 10) == pytest.approx(0.05)  # first half of the burn-in
@@ -92,7 +95,7 @@ def test_learning_rate_schedule_by_hand():
 
 def test_learns_and_sampling_does_not_lose_to_the_swa_mean():
     data = tiny_benchmark()
-    swag = make_tiny_sampler(SWAG)
+    swag = make_tiny_sampler(SWAG, overrides=TINY)
     reports: list[dict] = []
     swag.fit(
         data.train,
@@ -123,7 +126,7 @@ def test_bad_input_and_divergence():
     with pytest.raises(UserError, match="batch-norm"):
         SWAG(bn)
     with pytest.raises(UserError, match="not fitted"):
-        make_tiny_sampler(SWAG).sample(2)
+        make_tiny_sampler(SWAG, overrides=TINY).sample(2)
     x, y = tiny_regression().tensors
     with pytest.raises(FitDiverged, match="SGD"):
         _regression_swag().fit(TensorDataset(x, torch.full_like(y, float("nan"))), seed=0)

@@ -25,7 +25,8 @@ kernels, by keeping all n networks in one tensor:
   a small CNN) is never written. Under autograd a custom backward
   (:class:`_MaxOfProducts`) keeps one byte per output to route the gradient.
 - **Max-pool with kernel = stride** (no padding), without autograd, is the maximum of s²
-  strided slices, not ``F.max_pool2d``, whose NCHW kernel was ~10x slower on this CPU.
+  strided slices, not ``F.max_pool2d``, whose NCHW kernel measured ~10x slower on the
+  project's 2-core CPU machine.
 - **Cache blocking on CPU.** Without autograd, images go through in blocks whose widest
   activation (over all n networks) is about ``CPU_BLOCK_BYTES``, and activations run in
   place on tensors made here.
@@ -43,6 +44,7 @@ from __future__ import annotations
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -80,18 +82,19 @@ _POOLS: tuple[type[nn.Module], ...] = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAv
 #: Device types on which :func:`preferred` picks this path (measured faster there).
 FAST_DEVICES: frozenset[str] = frozenset({"cpu"})
 
-_enabled = True
+#: Whether :func:`preferred` may pick the fast path (a context variable, not a global:
+#: switching it in one thread or task leaves the others alone).
+_ENABLED: ContextVar[bool] = ContextVar("uqbench_fast_path", default=True)
 
 
 @contextmanager
 def fast_path(enabled: bool) -> Iterator[None]:
     """Turn the fast path on or off inside the block (benchmarks and tests compare both)."""
-    global _enabled
-    before, _enabled = _enabled, enabled
+    token = _ENABLED.set(enabled)
     try:
         yield
     finally:
-        _enabled = before
+        _ENABLED.reset(token)
 
 
 @dataclass(frozen=True)
@@ -201,7 +204,7 @@ def supports(target: nn.Module, weights: dict[str, Tensor], x: Tensor) -> bool:
 def preferred(target: nn.Module, weights: dict[str, Tensor], x: Tensor) -> bool:
     """Whether ``stacked_forward`` should use this path: enabled, supported, on a device in
     ``FAST_DEVICES``."""
-    return _enabled and x.device.type in FAST_DEVICES and supports(target, weights, x)
+    return _ENABLED.get() and x.device.type in FAST_DEVICES and supports(target, weights, x)
 
 
 def fast_stacked_forward(target: nn.Module, weights: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -414,7 +417,7 @@ class _MaxOfProducts(torch.autograd.Function):
     earlier p, as ``torch.max`` does); the backward is one masked GEMM per p. Autograd
     through a chain of ``torch.maximum``, or through ``max(dim)`` over the stacked
     products, cost 2-4x more here, and ``torch.where`` / ``masked_fill`` on random masks
-    ran at ~10 ns per element on this CPU, so the masks are applied as float products.
+    ran at ~10 ns per element on the 2-core CPU machine, so the masks are applied as float products.
     """
 
     @staticmethod

@@ -26,9 +26,12 @@ from uqbench.testing import (
     tiny_regression,
 )
 
+#: Settings for seconds-long fits on the tiny data (a test fixture, not a preset).
+TINY = {"epochs": 8, "batch_size": 32, "lr": 1e-2, "val_samples": 8, "grid_size": 5}
+
 
 def test_contract():
-    check_sampler_contract(LastLayerLaplace)
+    check_sampler_contract(LastLayerLaplace, overrides=TINY)
 
 
 def test_registered_as_laplace():
@@ -37,7 +40,7 @@ def test_registered_as_laplace():
 
 def _fit_regression(hessian: str) -> tuple[LastLayerLaplace, torch.Tensor]:
     data = tiny_benchmark("regression")
-    sampler = make_tiny_sampler(LastLayerLaplace, "regression")
+    sampler = make_tiny_sampler(LastLayerLaplace, "regression", overrides=TINY)
     sampler.config = LaplaceConfig(**{**sampler.config.__dict__, "hessian": hessian})
     sampler.fit(data.train, seed=0)
     weights = sampler.map_weights()
@@ -90,7 +93,7 @@ def test_kron_posterior_matches_kfac_by_hand():
 
 def test_rest_of_the_network_stays_at_the_map_and_map_view_is_one_network():
     data = tiny_benchmark()
-    sampler = make_tiny_sampler(LastLayerLaplace)
+    sampler = make_tiny_sampler(LastLayerLaplace, overrides=TINY)
     sampler.fit(data.train, seed=0)
     draw = sampler.sample(5, generator=torch.Generator().manual_seed(1))
     map_weights = sampler.map_weights()
@@ -104,7 +107,7 @@ def test_rest_of_the_network_stays_at_the_map_and_map_view_is_one_network():
 
 def test_learns_and_the_sampled_predictive_keeps_the_map_accuracy():
     data = tiny_benchmark()
-    sampler = make_tiny_sampler(LastLayerLaplace)
+    sampler = make_tiny_sampler(LastLayerLaplace, overrides=TINY)
     sampler.fit(data.train, seed=0)
     x, y = data.test.tensors
     probs = batched_predict(
@@ -119,7 +122,7 @@ def test_learns_and_the_sampled_predictive_keeps_the_map_accuracy():
 def test_prior_from_validation_split_and_fallback_without_one():
     data = tiny_benchmark()
     val = tiny_images(90, seed=5)
-    sampler = make_tiny_sampler(LastLayerLaplace)
+    sampler = make_tiny_sampler(LastLayerLaplace, overrides=TINY)
     sampler.config = LaplaceConfig(**{**sampler.config.__dict__, "prior": "val"})
     sampler.fit(data.train, seed=0, val=val)
     assert sampler.extra_metrics["prior_from_val"] == 1.0
@@ -131,7 +134,7 @@ def test_prior_from_validation_split_and_fallback_without_one():
 
 def test_regression_prior_from_validation_weighs_the_variance():
     data = tiny_benchmark("regression")
-    sampler = make_tiny_sampler(LastLayerLaplace, "regression")
+    sampler = make_tiny_sampler(LastLayerLaplace, "regression", overrides=TINY)
     sampler.config = LaplaceConfig(**{**sampler.config.__dict__, "prior": "val"})
     sampler.fit(data.train, seed=0, val=tiny_regression(40, seed=5))
     assert sampler.extra_metrics["prior_from_val"] == 1.0
@@ -153,6 +156,6 @@ def test_bad_input_is_a_one_line_user_error():
 def test_a_diverging_map_fit_is_a_fit_diverged_error():
     x, y = tiny_regression().tensors
     broken = TensorDataset(x, y.clone().fill_(float("nan")))
-    sampler = make_tiny_sampler(LastLayerLaplace, "regression")
+    sampler = make_tiny_sampler(LastLayerLaplace, "regression", overrides=TINY)
     with pytest.raises(FitDiverged, match="MAP training"):
         sampler.fit(broken, seed=0)

@@ -129,7 +129,6 @@ class LastLayerLaplace(WeightSampler):
     name: ClassVar[str] = "laplace"
     Config: ClassVar[type] = LaplaceConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {
-        "tiny": {"epochs": 8, "batch_size": 32, "lr": 1e-2, "val_samples": 8, "grid_size": 5},
         "toy1d": {"epochs": 1000, "batch_size": 20, "lr": 1e-2, "schedule": "cosine"},
         "mnist5000": {"epochs": 15},
         "mnist5k-split": {"epochs": 10},
