@@ -73,7 +73,7 @@ from uqbench.configs import (
     setting,
 )
 from uqbench.errors import UserError
-from uqbench.sampler import Progress, Task, WeightSampler
+from uqbench.sampler import PointView, Progress, Task, WeightSampler
 from uqbench.training import (
     as_tensors,
     check_finite,
@@ -332,7 +332,7 @@ class SWAG(WeightSampler):
 
     def reference_views(self) -> dict[str, WeightSampler]:
         """The SWA mean network: the table row ``swag:swa``."""
-        return {"swa": SWAMean(self)}
+        return {"swa": PointView(self, self.swa_weights)}
 
     def state_dict(self) -> dict:
         """θ_SWA, the mean of squares, D (``[K, d]``) and the config (tensors, numbers)."""
@@ -372,35 +372,3 @@ class SWAG(WeightSampler):
         if self.mean is None or self.sq_mean is None or self.deviations is None:
             raise UserError("swag is not fitted; call fit or load a checkpoint first")
         return self.mean, self.sq_mean, self.deviations
-
-
-class SWAMean(WeightSampler):
-    """A fitted :class:`SWAG`'s SWA mean as a one-network sampler (the ``swag:swa`` row)."""
-
-    name: ClassVar[str] = "swag-swa"
-    Config: ClassVar[type] = SWAGConfig
-
-    def __init__(self, swag: SWAG) -> None:
-        super().__init__(swag.target, swag.config, task=swag.task, device=swag.device)
-        self.swag = swag
-        self.max_samples = 1
-
-    def fit(
-        self,
-        train: Dataset,
-        *,
-        seed: int,
-        val: Dataset | None = None,
-        progress: Progress | None = None,
-    ) -> None:
-        raise UserError("swag-swa is a view of a fitted SWAG; fit the SWAG instead")
-
-    def sample(self, n: int, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        self.check_n(n)
-        return {k: v.unsqueeze(0).clone() for k, v in self.swag.swa_weights().items()}
-
-    def state_dict(self) -> dict:
-        return self.swag.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.swag.load_state_dict(state)

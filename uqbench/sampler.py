@@ -231,3 +231,47 @@ def _tensors(obj: Any):
     elif isinstance(obj, list | tuple):
         for v in obj:
             yield from _tensors(v)
+
+
+class PointView(WeightSampler):
+    """One fixed network of a fitted sampler, as a sampler of its own (``max_samples`` 1).
+
+    For :meth:`WeightSampler.reference_views` rows such as ``laplace:map`` or ``swag:swa``:
+    the harness scores the single network beside the method's samples. ``weights`` is a
+    weight dict (name -> Tensor of the parameter's shape) or a function returning one,
+    read when sampled, so the view follows its owner after a ``load_state_dict``.
+    """
+
+    name: ClassVar[str] = "point-view"
+    Config: ClassVar[type] = dict
+    max_samples = 1
+
+    def __init__(
+        self, owner: WeightSampler, weights: dict[str, Tensor] | Callable[[], dict[str, Tensor]]
+    ) -> None:
+        super().__init__(owner.target, owner.config, task=owner.task, device=owner.device)
+        self.owner_name = owner.name
+        self._weights = weights
+
+    def weights(self) -> dict[str, Tensor]:
+        return self._weights() if callable(self._weights) else self._weights
+
+    def fit(
+        self,
+        train: Dataset,
+        *,
+        seed: int,
+        val: Dataset | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        raise UserError(f"this is a view of a fitted {self.owner_name}; fit {self.owner_name}")
+
+    def sample(self, n: int, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
+        self.check_n(n)
+        return {k: v.unsqueeze(0).clone() for k, v in self.weights().items()}
+
+    def state_dict(self) -> dict:
+        return {"weights": {k: v.detach().cpu() for k, v in self.weights().items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._weights = {k: v.to(self.device) for k, v in state["weights"].items()}

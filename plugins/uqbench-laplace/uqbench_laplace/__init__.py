@@ -70,7 +70,7 @@ from uqbench.configs import (
     setting,
 )
 from uqbench.errors import FitDiverged, UserError
-from uqbench.sampler import Progress, Task, WeightSampler
+from uqbench.sampler import PointView, Progress, Task, WeightSampler
 from uqbench.training import (
     as_tensors,
     check_finite,
@@ -81,7 +81,7 @@ from uqbench.training import (
     task_loss,
 )
 
-__all__ = ["LaplaceConfig", "LastLayerLaplace", "PointView"]
+__all__ = ["LaplaceConfig", "LastLayerLaplace"]
 
 
 @dataclass
@@ -393,39 +393,6 @@ class LastLayerLaplace(WeightSampler):
         if self.state is None:
             raise UserError("laplace is not fitted; call fit or load a checkpoint first")
         return self.state
-
-
-class PointView(WeightSampler):
-    """One fixed network as a sampler (``max_samples = 1``): a reference row such as
-    ``laplace:map``. A view of a fitted sampler, not fitted on its own."""
-
-    name: ClassVar[str] = "point"
-    Config: ClassVar[type] = LaplaceConfig
-
-    def __init__(self, owner: WeightSampler, weights: dict[str, Tensor]) -> None:
-        super().__init__(owner.target, owner.config, task=owner.task, device=owner.device)
-        self.weights = weights
-        self.max_samples = 1
-
-    def fit(
-        self,
-        train: Dataset,
-        *,
-        seed: int,
-        val: Dataset | None = None,
-        progress: Progress | None = None,
-    ) -> None:
-        raise UserError("this sampler is a view of a fitted method; fit the method instead")
-
-    def sample(self, n: int, *, generator: torch.Generator | None = None) -> dict[str, Tensor]:
-        self.check_n(n)
-        return {k: v.unsqueeze(0).clone() for k, v in self.weights.items()}
-
-    def state_dict(self) -> dict:
-        return {"weights": {k: v.detach().cpu() for k, v in self.weights.items()}}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.weights = {k: v.to(self.device) for k, v in state["weights"].items()}
 
 
 def _laplace_torch() -> tuple[Any, Any]:
