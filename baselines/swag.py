@@ -74,6 +74,7 @@ from uqbench.configs import (
 )
 from uqbench.errors import UserError
 from uqbench.sampler import PointView, Progress, Task, WeightSampler
+from uqbench.targets import reinitialised
 from uqbench.training import (
     as_tensors,
     check_finite,
@@ -219,7 +220,7 @@ class SWAG(WeightSampler):
         seeds = derive_seeds(seed, ("init", "data"))
         x, y = (t.to(self.device) for t in as_tensors(train))
         xv, yv = (None, None) if val is None else (t.to(self.device) for t in as_tensors(val))
-        net = self._initial_network(seeds["init"])
+        net = reinitialised(self.target, seeds["init"], self.device)
         order = seeded_generator(seeds["data"])
         batch = min(cfg.batch_size, len(x))
         per_epoch = len(x) // batch
@@ -271,17 +272,6 @@ class SWAG(WeightSampler):
             return (1 - t) * cfg.lr + t * cfg.swa_lr
         done = (epoch + step / per_epoch) / cfg.burn_in
         return cfg.lr + (cfg.swa_lr - cfg.lr) * min(1.0, max(0.0, 2 * done - 1))
-
-    def _initial_network(self, seed: int) -> nn.Module:
-        """A copy of the target with every layer re-initialised under ``seed`` (CPU RNG)."""
-        net = copy.deepcopy(self.target).to("cpu")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for module in net.modules():
-                reset = getattr(module, "reset_parameters", None)
-                if callable(reset):
-                    reset()
-        return net.to(self.device)
 
     def _network(self, flat: Tensor) -> nn.Module:
         net = copy.deepcopy(self.target)

@@ -7,6 +7,7 @@ from collections import OrderedDict
 
 import pytest
 import torch
+from tiny_configs import TINY as TINY_CONFIGS
 from torch import nn
 from torch.utils.data import TensorDataset
 
@@ -24,26 +25,7 @@ from uqbench.testing import (
 from uqbench.training import as_tensors
 
 #: The tiny-data settings these tests train with (small hypernet, short fits).
-TINY = {
-    "noise_dim": 32,
-    "code_dim": 16,
-    "mixer_hidden": 64,
-    "generator_hidden": 64,
-    "discriminator_hidden": 64,
-    "steps": 300,
-    "init_scale": 0.25,
-    "nets_per_step": 4,
-    "noise_batch": 16,
-    "lr_mixer": 3e-3,
-    "lr_generator": 3e-3,
-    "lr_discriminator": 1e-3,
-    "pretrain_steps": 20,
-    "pretrain_batch": 256,
-    "val_every": 100,
-    "val_nets": 3,
-    "diversity_samples": 20,
-    "bn_calibration": 256,
-}
+TINY = {**TINY_CONFIGS["hypergan"], "steps": 300, "val_every": 100}
 
 SMALL = {
     "noise_dim": 16,

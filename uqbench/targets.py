@@ -7,6 +7,7 @@ parameter-free modules (activations, pooling, flatten).
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from collections.abc import Callable
 
@@ -106,3 +107,17 @@ def leaf_outputs(target: nn.Module, example: Tensor) -> list[tuple[nn.Module, Te
         for h in handles:
             h.remove()
     return seen
+
+
+def reinitialised(target: nn.Module, seed: int, device: str | torch.device) -> nn.Module:
+    """A copy of ``target`` with every layer re-initialised (``reset_parameters``) from
+    ``seed`` on the CPU generator, so the copy is the same on every device; the global RNG
+    state is left as it was."""
+    net = copy.deepcopy(target).to("cpu")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for module in net.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+    return net.to(device)

@@ -71,6 +71,7 @@ from uqbench.configs import (
 )
 from uqbench.errors import FitDiverged, UserError
 from uqbench.sampler import PointView, Progress, Task, WeightSampler
+from uqbench.targets import reinitialised
 from uqbench.training import (
     as_tensors,
     check_finite,
@@ -165,7 +166,7 @@ class LastLayerLaplace(WeightSampler):
         seeds = derive_seeds(seed, ("init", "data", "prior"))
         x, y = (t.to(self.device) for t in as_tensors(train))
         xv, yv = (None, None) if val is None else (t.to(self.device) for t in as_tensors(val))
-        net = self._initial_network(seeds["init"])
+        net = reinitialised(self.target, seeds["init"], self.device)
         metrics = self._train_map(net, x, y, xv, yv, seeds["data"], progress)
 
         start = time.perf_counter()
@@ -177,17 +178,6 @@ class LastLayerLaplace(WeightSampler):
         metrics["prior_from_val"] = float(self.config.prior == "val" and val is not None)
         self.load_state_dict(self._state_from(net, la))
         self.extra_metrics = metrics
-
-    def _initial_network(self, seed: int) -> nn.Module:
-        """A copy of the target with every layer re-initialised under ``seed`` (CPU RNG)."""
-        net = copy.deepcopy(self.target).to("cpu")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            for module in net.modules():
-                reset = getattr(module, "reset_parameters", None)
-                if callable(reset):
-                    reset()
-        return net.to(self.device)
 
     def _train_map(
         self,
