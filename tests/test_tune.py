@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -326,7 +327,9 @@ def test_the_fit_time_cap_prunes_the_trial(registered, tmp_path):
     csv = pd.read_csv(out / "trials.csv")
     assert list(csv["state"]) == ["PRUNED", "PRUNED"]
     assert all(r.startswith("max_fit_s: fit ran") for r in csv["reason"])
-    assert (csv["fit_s"] < 0.2 + 0.3).all()  # stopped at the first progress call past the cap
+    steps = [int(re.search(r"\(step (\d+)/20\)", r).group(1)) for r in csv["reason"]]
+    assert all(s < 20 for s in steps)  # stopped mid-fit, at a progress call past the cap
+    assert (csv["fit_s"] < 0.2 + 0.3).all()
     assert not (out / "presets").exists()
 
 
