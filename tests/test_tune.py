@@ -297,6 +297,17 @@ def test_resumes_after_kill_9_losing_only_the_running_trial(registered, tmp_path
     assert entry["trials"] == {"complete": 3, "fail": 1}
 
 
+def test_library_call_takes_a_sampler_class_and_loaded_data(tmp_path):
+    data = tiny_split()
+    result = tune(request(tmp_path / "t", method=ToySampler, benchmark=data, trials=2))
+    assert list(result.trials["state"]) == ["COMPLETE", "COMPLETE"]
+    assert result.presets_path == tmp_path / "t" / "presets" / "tiny-val.json"
+    assert set(read_presets(result.presets_path).methods) == {"tunetoy"}
+    with pytest.raises(UserError, match="not a WeightSampler subclass"):
+        tune(request(tmp_path / "u", method=ToyConfig, benchmark=data))
+    assert not (tmp_path / "u").exists()
+
+
 def test_a_second_tune_on_the_same_folder_is_refused(registered, tmp_path):
     out = tmp_path / "tune"
     out.mkdir()
@@ -406,6 +417,9 @@ def test_cli_tune_prints_the_best_trial(registered, tmp_path, capsys):
     stdout = capsys.readouterr().out
     assert "best trial" in stdout and "validation acc" in stdout
     entry = json.loads(presets.read_text())["methods"]["tunetoy"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert presets.stat().st_mode & 0o777 == 0o666 & ~umask  # a normal file, not 0600
     assert entry["set"] == {"steps": 10} and entry["direction"] == "maximize"
     assert entry["command"].startswith("uqbench tune --method tunetoy")
     assert states(out, "tunetoy-tiny-val-acc") == ["COMPLETE", "COMPLETE"]

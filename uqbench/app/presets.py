@@ -67,7 +67,8 @@ def read_presets(path: str | os.PathLike[str]) -> PresetsFile:
         or not isinstance(raw.get("methods"), dict)
     ):
         raise UserError(
-            f"presets file {path} is not a uqbench presets file (format {FORMAT}); re-create it with `uqbench tune`"
+            f"presets file {path} is not a uqbench presets file (format {FORMAT}); "
+            "re-create it with `uqbench tune`"
         )
     benchmark = raw.get("benchmark")
     if not isinstance(benchmark, str):
@@ -88,7 +89,8 @@ def check_presets(
     """
     if presets.benchmark != benchmark:
         raise UserError(
-            f"presets file {path} was tuned on {presets.benchmark}, not {benchmark}; pass the presets of {benchmark}"
+            f"presets file {path} was tuned on {presets.benchmark}, not {benchmark}; "
+            f"pass the presets of {benchmark}"
         )
     for method, entry in presets.methods.items():
         if method not in known_fields:
@@ -109,7 +111,8 @@ def write_method_entry(
     presets = read_presets(path) if path.exists() else PresetsFile(benchmark=benchmark)
     if presets.benchmark != benchmark:
         raise UserError(
-            f"presets file {path} holds {presets.benchmark}'s presets, not {benchmark}'s; write to another file"
+            f"presets file {path} holds {presets.benchmark}'s presets, not {benchmark}'s; "
+            "write to another file"
         )
     presets.methods[method] = entry
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,5 +120,9 @@ def write_method_entry(
         "w", dir=path.parent, prefix=f".{path.name}.", delete=False
     ) as tmp:
         tmp.write(json.dumps(presets.as_json(), indent=2, sort_keys=True) + "\n")
+    # NamedTemporaryFile creates the file 0600; give it the mode of any new file.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp.name, 0o666 & ~umask)
     os.replace(tmp.name, path)
     return presets

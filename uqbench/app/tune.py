@@ -71,6 +71,9 @@ OBJECTIVES: dict[str, dict[str, tuple[str, Literal["minimize", "maximize"]]]] = 
 class TuneRequest:
     """One ``uqbench tune`` invocation, as a library call.
 
+    ``method``: a registered name or a :class:`WeightSampler` subclass (e.g. one's own,
+    not registered); ``benchmark``: a registered name or a loaded :class:`BenchmarkData`
+    with a validation split (``val``); its ``test`` and ``ood`` are never read.
     ``overrides``: knob -> value as ``--set`` gives it (a string, cast to the knob's type)
     or already typed; these knobs are fixed and not searched. ``max_fit_s``: cap on each
     trial's fit time (None: no cap). ``jobs``: trials at once. ``pruner``: ``median``
@@ -78,8 +81,8 @@ class TuneRequest:
     ``progress``) or ``none``. ``command``: recorded in the presets file.
     """
 
-    method: str
-    benchmark: str
+    method: str | type[WeightSampler]
+    benchmark: str | BenchmarkData
     trials: int
     objective: str = "nll"
     out: str | os.PathLike[str] | None = None
@@ -121,6 +124,8 @@ class _Plan:
     """A checked request: everything resolved before anything is written."""
 
     request: TuneRequest
+    method: str
+    benchmark: str
     cls: type[WeightSampler]
     base_config: dict[str, Any]
     space: dict[str, Space]
@@ -134,16 +139,15 @@ class _Plan:
 
     @property
     def study_name(self) -> str:
-        r = self.request
-        return f"{r.method}-{r.benchmark}-{r.objective}"
+        return f"{self.method}-{self.benchmark}-{self.request.objective}"
 
     @property
     def settings(self) -> dict[str, Any]:
         """What a resumed study must share with the one on disk (else trials would mix)."""
         r = self.request
         return {
-            "method": r.method,
-            "benchmark": r.benchmark,
+            "method": self.method,
+            "benchmark": self.benchmark,
             "objective": r.objective,
             "set": {k: _jsonable(v) for k, v in sorted(self.overrides.items())},
             "max_fit_s": r.max_fit_s,
@@ -159,11 +163,14 @@ def plan(request: TuneRequest) -> _Plan:
     Nothing is written here, so a refused command leaves ``--out`` untouched.
     """
     from uqbench import registry
-    from uqbench.data.registry import BENCHMARKS, load_benchmark
     from uqbench.environment import resolve_device
 
     r = request
-    cls = registry.load_method(r.method)
+    if isinstance(r.method, type) and not issubclass(r.method, WeightSampler):
+        raise UserError(f"{r.method.__name__} is not a WeightSampler subclass; pass a method")
+    cls = r.method if isinstance(r.method, type) else registry.load_method(r.method)
+    method = cls.name
+    benchmark = r.benchmark.name if isinstance(r.benchmark, BenchmarkData) else r.benchmark
     if isinstance(r.trials, bool) or not isinstance(r.trials, int) or r.trials < 1:
         raise UserError(f"--trials {r.trials}: the number of trials must be an integer >= 1")
     if isinstance(r.jobs, bool) or not isinstance(r.jobs, int) or r.jobs < 1:
@@ -185,50 +192,60 @@ def plan(request: TuneRequest) -> _Plan:
     space = _search_space(cls)
     if not space:
         raise UserError(
-            f"method {r.method} declares no search space (no setting(..., search=...) in its "
+            f"method {method} declares no search space (no setting(..., search=...) in its "
             "Config); add ranges to its Config to tune it"
         )
-    base = _base_config(cls, r)
+    base = _base_config(cls, benchmark, r.overrides)
     overrides = {k: getattr(base, k) for k in r.overrides}
     space = {k: v for k, v in space.items() if k not in overrides}
     if not space:
         raise UserError(
-            f"every searched knob of {r.method} is fixed by --set; nothing is left to tune"
+            f"every searched knob of {method} is fixed by --set; nothing is left to tune"
         )
-    if r.benchmark not in BENCHMARKS:
-        raise UserError(
-            f"unknown benchmark {r.benchmark!r}; known: {', '.join(sorted(BENCHMARKS))}"
-        )
+    if isinstance(r.benchmark, str):
+        from uqbench.data.registry import BENCHMARKS
+
+        if benchmark not in BENCHMARKS:
+            raise UserError(
+                f"unknown benchmark {benchmark!r}; known: {', '.join(sorted(BENCHMARKS))}"
+            )
     device = resolve_device(r.device)
-    out_dir = Path(r.out if r.out is not None else f"runs/tune-{r.benchmark}-{r.method}")
+    out_dir = Path(r.out if r.out is not None else f"runs/tune-{benchmark}-{method}")
     presets_path = (
         Path(r.presets_file)
         if r.presets_file is not None
-        else out_dir / "presets" / f"{r.benchmark}.json"
+        else out_dir / "presets" / f"{benchmark}.json"
     )
     if presets_path.exists():  # refuse now, not after the trials ran
         existing = read_presets(presets_path)
-        if existing.benchmark != r.benchmark:
+        if existing.benchmark != benchmark:
             raise UserError(
                 f"presets file {presets_path} holds {existing.benchmark}'s presets, not "
-                f"{r.benchmark}'s; pass another --presets-file"
+                f"{benchmark}'s; pass another --presets-file"
             )
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file; choose a folder")
-    data = load_benchmark(r.benchmark, data_root=r.data_root)
+    if isinstance(r.benchmark, BenchmarkData):
+        data = r.benchmark
+    else:
+        from uqbench.data.registry import load_benchmark
+
+        data = load_benchmark(benchmark, data_root=r.data_root)
     if data.val is None:
         raise UserError(
-            f"benchmark {r.benchmark} has no validation split; tune on a benchmark with one"
+            f"benchmark {benchmark} has no validation split; tune on a benchmark with one"
         )
     per_task = OBJECTIVES[data.task.kind]
     if r.objective not in per_task:
         raise UserError(
             f"--objective {r.objective} is not a validation metric of the {data.task.kind} "
-            f"benchmark {r.benchmark}; use one of {', '.join(per_task)}"
+            f"benchmark {benchmark}; use one of {', '.join(per_task)}"
         )
     metric, direction = per_task[r.objective]
     return _Plan(
         request=r,
+        method=method,
+        benchmark=benchmark,
         cls=cls,
         base_config=_config_dict(base),
         space=space,
@@ -242,18 +259,18 @@ def plan(request: TuneRequest) -> _Plan:
     )
 
 
-def _base_config(cls: type[WeightSampler], r: TuneRequest) -> Any:
+def _base_config(cls: type[WeightSampler], benchmark: str, overrides: Mapping[str, Any]) -> Any:
     """Defaults, the built-in preset for the benchmark, then the fixed knobs: strings are
     cast like ``--set`` values, typed values are used as they are; an unknown knob is a
     UserError naming the known ones."""
-    strings = {k: v for k, v in r.overrides.items() if isinstance(v, str)}
-    typed = {k: v for k, v in r.overrides.items() if not isinstance(v, str)}
-    base = cls.make_config(strings, benchmark=r.benchmark)
+    strings = {k: v for k, v in overrides.items() if isinstance(v, str)}
+    typed = {k: v for k, v in overrides.items() if not isinstance(v, str)}
+    base = cls.make_config(strings, benchmark=benchmark)
     known = {f.name for f in dataclasses.fields(base)}
     unknown = sorted(set(typed) - known)
     if unknown:
         raise UserError(
-            f"{r.method} has no setting {unknown[0]!r}; known settings: {', '.join(sorted(known))}"
+            f"{cls.name} has no setting {unknown[0]!r}; known settings: {', '.join(sorted(known))}"
         )
     return dataclasses.replace(base, **typed) if typed else base
 
@@ -581,9 +598,9 @@ def _finish(
         "trials": {s.lower(): int(n) for s, n in sorted(states.items())},
         "validation_size": len(p.data.val) if p.data.val is not None else 0,
         "study": str(study_path),
-        "command": r.command or _command_of(r),
+        "command": r.command or _command_of(p),
     }
-    write_method_entry(p.presets_path, r.benchmark, r.method, entry)
+    write_method_entry(p.presets_path, p.benchmark, p.method, entry)
     return TuneResult(
         trials=frame,
         best_params=dict(entry["config"]),
@@ -597,15 +614,16 @@ def _finish(
     )
 
 
-def _command_of(r: TuneRequest) -> str:
+def _command_of(p: _Plan) -> str:
     """The CLI command equivalent to a library call (recorded beside the tuned values)."""
+    r = p.request
     parts = [
-        f"uqbench tune --method {r.method} --benchmark {r.benchmark} --trials {r.trials}",
+        f"uqbench tune --method {p.method} --benchmark {p.benchmark} --trials {r.trials}",
         f"--objective {r.objective} --seed {r.seed} --jobs {r.jobs} --executor {r.executor}",
     ]
     if r.max_fit_s is not None:
         parts.append(f"--max-fit-s {r.max_fit_s:g}")
-    parts += [f"--set {r.method}.{k}={v}" for k, v in sorted(r.overrides.items())]
+    parts += [f"--set {p.method}.{k}={v}" for k, v in sorted(r.overrides.items())]
     return " ".join(parts)
 
 
