@@ -442,3 +442,18 @@ def test_ray_executor_runs_the_trials(registered, tmp_path):
     assert list(result.trials["state"]) == ["COMPLETE", "COMPLETE"]
     entry = read_presets(result.presets_path).methods["tunetoy"]
     assert entry["budget"]["executor"] == "ray" and entry["budget"]["threads_per_trial"] == 1
+
+
+# --- the throughput benchmark runs end to end --------------------------------------------
+def test_tune_throughput_benchmark_reports_each_mode(capsys):
+    from benchmarks import tune_throughput
+
+    argv = ["--data", "tiny", "--trials", "2", "--epochs", "2", "--samples", "2", "--cores", "1"]
+    assert tune_throughput.main([*argv, "--modes", "serial,pruned", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    rows = {r["mode"]: r for r in report["modes"]}
+    assert set(rows) == {"serial", "pruned"}
+    for r in rows.values():
+        assert r["trials"] == 2 and r["wall_s"] > 0
+        assert r["trials_per_hour"] == pytest.approx(2 / r["wall_s"] * 3600, rel=0.01)
+    assert rows["serial"]["pruned"] == 0 and rows["serial"]["speedup_vs_serial"] == 1.0

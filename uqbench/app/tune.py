@@ -78,7 +78,8 @@ class TuneRequest:
     or already typed; these knobs are fixed and not searched. ``max_fit_s``: cap on each
     trial's fit time (None: no cap). ``jobs``: trials at once. ``pruner``: ``median``
     (Optuna's MedianPruner on the ``val_<objective>`` numbers a method reports through
-    ``progress``) or ``none``. ``command``: recorded in the presets file.
+    ``progress``) or ``none``. ``cores``: threads shared by the concurrent local trials
+    (default: the cores this process may use). ``command``: recorded in the presets file.
     """
 
     method: str | type[WeightSampler]
@@ -96,6 +97,7 @@ class TuneRequest:
     device: str = "auto"
     data_root: str | None = None
     ray_address: str | None = None
+    cores: int | None = None
     pruner: Literal["median", "none"] = "median"
     prune_startup_trials: int = 5
     prune_warmup_steps: int = 0
@@ -117,6 +119,7 @@ class TuneResult:
     out_dir: Path
     study_path: Path
     presets_path: Path
+    threads_per_trial: int | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +180,8 @@ def plan(request: TuneRequest) -> _Plan:
         raise UserError(f"--jobs {r.jobs}: the number of trials at once must be >= 1")
     if r.max_fit_s is not None and not (math.isfinite(r.max_fit_s) and r.max_fit_s > 0):
         raise UserError(f"--max-fit-s {r.max_fit_s}: the fit-time cap must be a number > 0")
+    if r.cores is not None and r.cores < 1:
+        raise UserError(f"cores {r.cores}: the thread budget must be >= 1")
     if r.samples < 1:
         raise UserError(f"--samples {r.samples}: the number of sampled networks must be >= 1")
     if r.executor not in ("local", "ray"):
@@ -307,7 +312,11 @@ def tune(request: TuneRequest) -> TuneResult:
         _fail_abandoned(study, p.request.verbose)
         view = validation_view(p.data)
         executor = make_executor(
-            p.request.executor, view, p.request.jobs, ray_address=p.request.ray_address
+            p.request.executor,
+            view,
+            p.request.jobs,
+            cores=p.request.cores,
+            ray_address=p.request.ray_address,
         )
         threads = executor.threads
         try:
@@ -611,6 +620,7 @@ def _finish(
         out_dir=p.out_dir,
         study_path=study_path,
         presets_path=p.presets_path,
+        threads_per_trial=threads,
     )
 
 

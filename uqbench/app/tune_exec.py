@@ -54,10 +54,10 @@ class SerialExecutor:
 
     capacity = 1
 
-    def __init__(self, data: BenchmarkData) -> None:
+    def __init__(self, data: BenchmarkData, cores: int | None = None) -> None:
         self._data = data
         self._queue: deque[TrialSpec] = deque()
-        self.threads: int | None = torch.get_num_threads()
+        self.threads: int | None = cores if cores is not None else torch.get_num_threads()
 
     def submit(self, spec: TrialSpec) -> None:
         self._queue.append(spec)
@@ -90,9 +90,9 @@ def _pool_trial(spec: TrialSpec) -> TrialOutcome:
 class ProcessExecutor:
     """``jobs`` trials at once in spawned worker processes, ``cores // jobs`` threads each."""
 
-    def __init__(self, data: BenchmarkData, jobs: int) -> None:
+    def __init__(self, data: BenchmarkData, jobs: int, cores: int | None = None) -> None:
         self.capacity = jobs
-        self.threads = max(1, available_cores() // jobs)
+        self.threads = max(1, (cores or available_cores()) // jobs)
         self._pool = ProcessPoolExecutor(
             max_workers=jobs,
             mp_context=multiprocessing.get_context("spawn"),
@@ -178,11 +178,20 @@ class RayExecutor:
 
 
 def make_executor(
-    kind: str, data: BenchmarkData, jobs: int, *, ray_address: str | None = None
+    kind: str,
+    data: BenchmarkData,
+    jobs: int,
+    *,
+    cores: int | None = None,
+    ray_address: str | None = None,
 ) -> TrialExecutor:
-    """``local`` with one job: this process; ``local`` with more: worker processes; ``ray``."""
+    """``local`` with one job: this process; ``local`` with more: worker processes; ``ray``.
+
+    ``cores``: threads shared by the concurrent trials of a local executor (default: the
+    cores this process may use; one local trial then keeps the process's own setting).
+    """
     if kind == "ray":
         return RayExecutor(data, jobs, address=ray_address)
     if jobs == 1:
-        return SerialExecutor(data)
-    return ProcessExecutor(data, jobs)
+        return SerialExecutor(data, cores)
+    return ProcessExecutor(data, jobs, cores)
