@@ -60,6 +60,11 @@ class ToyConfig(CheckedConfig):
     noise: float = setting(0.01, check=non_negative, search=Uniform(0.0, 0.05))
     steps: int = setting(20, check=at_least(1))
     sleep_s: float = setting(0.0, check=non_negative)
+    max_noise: float = setting(1.0, check=non_negative)
+
+    def check_together(self) -> None:
+        if self.noise > self.max_noise:
+            raise UserError(f"tunetoy: noise {self.noise} exceeds max_noise {self.max_noise}")
 
 
 class ToySampler(WeightSampler):
@@ -242,7 +247,7 @@ def test_tune_scores_on_validation_and_writes_presets(registered, tmp_path):
     assert entry["budget"]["seed"] == 0 and entry["budget"]["jobs"] == 1
     assert entry["budget"]["max_fit_s"] is None and entry["validation_size"] == 90
     assert entry["command"] == "uqbench tune --method tunetoy ..."
-    check_presets(presets, "tiny-val", {"tunetoy": {"lr", "noise", "steps", "sleep_s"}}, "f")
+    check_presets(presets, "tiny-val", {"tunetoy": set(vars(ToyConfig()))}, "f")
 
     csv = pd.read_csv(out / "trials.csv")
     assert len(csv) == 3 and list(csv["state"]) == ["COMPLETE"] * 3
@@ -342,6 +347,18 @@ def test_the_fit_time_cap_prunes_the_trial(registered, tmp_path):
     assert all(s < 20 for s in steps)  # stopped mid-fit, at a progress call past the cap
     assert (csv["fit_s"] < 0.2 + 0.3).all()
     assert not (out / "presets").exists()
+
+
+def test_refused_configs_fail_and_do_not_count(registered, tmp_path):
+    out = tmp_path / "tune"
+    result = tune(request(out, trials=3, seed=1, overrides={"max_noise": "0.03"}))
+    frame = result.trials
+    assert (frame["state"] == "COMPLETE").sum() == 3
+    failed = frame[frame["state"] == "FAIL"]
+    assert len(failed) >= 1 and (failed["noise"] > 0.03).all()
+    assert all(r.startswith("invalid config: tunetoy: noise") for r in failed["reason"])
+    entry = read_presets(result.presets_path).methods["tunetoy"]
+    assert entry["trials"] == {"complete": 3, "fail": len(failed)}
 
 
 def _finished_trial(value: float) -> optuna.trial.FrozenTrial:

@@ -13,6 +13,13 @@ One Optuna study per (method, benchmark, objective), stored in ``<out>/study.sql
   their config alone;
 - the budget is ``trials`` finished trials (complete or pruned) and a cap on each fit's
   time; a trial stopped by the cap is pruned, with the reason recorded;
+- pruning (Optuna's ``MedianPruner``) acts on the validation numbers a method reports
+  through ``progress(step, total, **metrics)`` under the key ``val_<objective>``
+  (``val_nll``, ``val_acc``, ``val_ece``, ``val_brier``; ``val_rmse`` for regression); a
+  method that reports none is never pruned;
+- a trial whose config the method refuses (its ``check_together``), whose fit diverged
+  or whose validation score is not finite fails, with the reason; failed trials do not
+  count, and the study stops with an error after ``max(trials, 3)`` failures;
 - the study resumes: a trial left running by a tune process that died (``kill -9``) is
   marked failed, does not count, and the study goes on until ``trials`` trials finished;
 - the driver alone asks and tells the study; workers (processes or Ray tasks) only fit
@@ -323,8 +330,8 @@ def tune(request: TuneRequest) -> TuneResult:
             _run(study, p, executor)
         finally:
             executor.close()
-        frame = trials_frame(study)
-        _write_tables(p.out_dir, frame)
+            frame = trials_frame(study)  # also when stopped: the table says how far it got
+            _write_tables(p.out_dir, frame)
         return _finish(study, p, frame, study_path, threads)
 
 

@@ -22,6 +22,7 @@ every method's ``fit`` calls:
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -157,6 +158,10 @@ def run_trial(spec: TrialSpec, data: BenchmarkData) -> TrialOutcome:
             if k in ("acc", "nll", "ece", "brier", "rmse", "gnll")
         }
         outcome.value = outcome.metrics[spec.metric]
+        if not math.isfinite(outcome.value):
+            outcome.state = "fail"
+            outcome.reason = f"non-finite validation {spec.metric} ({outcome.value})"
+            outcome.value = None
     finally:
         outcome.fit_s = outcome.fit_s or watch.elapsed()
         outcome.intermediate = dict(watch.intermediate)
