@@ -247,6 +247,7 @@ def test_tune_scores_on_validation_and_writes_presets(registered, tmp_path):
     assert entry["budget"]["seed"] == 0 and entry["budget"]["jobs"] == 1
     assert entry["budget"]["max_fit_s"] is None and entry["validation_size"] == 90
     assert entry["command"] == "uqbench tune --method tunetoy ..."
+    assert entry["study"] == "../study.sqlite" and entry["trials"] == {"complete": 3}
     check_presets(presets, "tiny-val", {"tunetoy": set(vars(ToyConfig()))}, "f")
 
     csv = pd.read_csv(out / "trials.csv")

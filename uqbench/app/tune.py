@@ -613,7 +613,8 @@ def _finish(
         },
         "trials": {s.lower(): int(n) for s, n in sorted(states.items())},
         "validation_size": len(p.data.val) if p.data.val is not None else 0,
-        "study": str(study_path),
+        # Relative to the presets file, so a committed file does not name this machine.
+        "study": os.path.relpath(study_path.resolve(), p.presets_path.resolve().parent),
         "command": r.command or _command_of(p),
     }
     write_method_entry(p.presets_path, p.benchmark, p.method, entry)
