@@ -302,7 +302,7 @@ def tune(request: TuneRequest) -> TuneResult:
         ) from None
     with _StudyLock(p.out_dir):
         study_path = p.out_dir / STUDY_FILE
-        storage = f"sqlite:///{study_path.resolve()}"
+        storage = optuna.storages.RDBStorage(f"sqlite:///{study_path.resolve()}")
         previous = _existing_trials(storage, p.study_name)
         study = optuna.create_study(
             storage=storage,
@@ -429,11 +429,9 @@ def _tell_failed(study: Any, trial: Any, reason: str, verbose: bool) -> None:
         print(f"trial {trial.number}: fail, {reason}", file=sys.stderr)
 
 
-def _existing_trials(storage: str, name: str) -> int:
-    import optuna
-
+def _existing_trials(storage: Any, name: str) -> int:
     try:
-        return len(optuna.load_study(study_name=name, storage=storage).trials)
+        return len(storage.get_all_trials(storage.get_study_id_from_name(name), deepcopy=False))
     except KeyError:
         return 0
 
