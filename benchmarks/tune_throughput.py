@@ -176,10 +176,10 @@ def measure(mode: str, data: BenchmarkData, args: argparse.Namespace, root: Path
         "threads_per_trial": result.threads_per_trial,
         "trials": int(len(frame)),
         "pruned": int((frame["state"] == "PRUNED").sum()),
-        "wall_s": round(wall, 2),
-        "trials_per_hour": round(args.trials / wall * 3600, 1),
-        "mean_fit_s": round(float(fit_s.mean()), 3),
-        "best_val_nll": round(result.best_value, 4),
+        "wall_s": wall,
+        "trials_per_hour": args.trials / wall * 3600,
+        "mean_fit_s": float(fit_s.mean()),
+        "best_val_nll": result.best_value,
     }
 
 
@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     serial = next((r for r in rows if r["mode"] == "serial"), None)
     for r in rows:
         r["speedup_vs_serial"] = (
-            round(r["trials_per_hour"] / serial["trials_per_hour"], 2) if serial else None
+            r["trials_per_hour"] / serial["trials_per_hour"] if serial else None
         )
     from uqbench.environment import machine
 
@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     header = list(rows[0])
     print(" | ".join(header))
     for r in rows:
-        print(" | ".join(str(r[k]) for k in header))
+        print(" | ".join(f"{r[k]:.4g}" if isinstance(r[k], float) else str(r[k]) for k in header))
     if args.json:
         print(json.dumps(report, sort_keys=True))
     return 0

@@ -611,6 +611,8 @@ def _finish(
         },
         "trials": {s.lower(): int(n) for s, n in sorted(states.items())},
         "validation_size": len(p.data.val) if p.data.val is not None else 0,
+        # Size, seed and index hash of the validation split, where the benchmark records them.
+        "validation_split": _jsonable(getattr(p.data, "split_info", {}).get("val")),
         # Relative to the presets file, so a committed file does not name this machine.
         "study": os.path.relpath(study_path.resolve(), p.presets_path.resolve().parent),
         "command": r.command or _command_of(p),
