@@ -1,4 +1,4 @@
-"""The ``uqbench`` command: compare, list, report, evaluate.
+"""The ``uqbench`` command: compare, list, report, evaluate, tune.
 
 Each command parses its flags into the same request the library takes
 (:mod:`uqbench.app.requests`) and calls the library. User mistakes surface as
@@ -102,7 +102,37 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--memory-budget-mb", type=int, default=1024)
     _add_data_args(evaluate)
+    _add_tune_parser(sub)
     return parser
+
+
+def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
+    """``uqbench tune``: Optuna search on the validation split (see uqbench.app.tune)."""
+    tune = sub.add_parser("tune", help="tune a method's search space on the validation split")
+    tune.add_argument("--method", required=True)
+    tune.add_argument("--benchmark", required=True)
+    tune.add_argument("--trials", type=int, required=True, help="finished trials wanted")
+    tune.add_argument(
+        "--objective", default="nll", help="validation metric: nll (default), acc, ece, brier"
+    )
+    tune.add_argument("--out", default=None, help="default runs/tune-<benchmark>-<method>")
+    tune.add_argument("--executor", choices=("local", "ray"), default="local")
+    tune.add_argument("--ray-address", default=None, help="address of an existing Ray cluster")
+    tune.add_argument("--jobs", type=int, default=1, help="trials at once (cores // jobs each)")
+    tune.add_argument("--max-fit-s", type=float, default=None, help="cap on each trial's fit")
+    tune.add_argument("--seed", type=int, default=0, help="fit, evaluation and sampler seed")
+    tune.add_argument("--pruner", choices=("median", "none"), default="median")
+    tune.add_argument("--samples", type=int, default=100, help="networks per validation score")
+    tune.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="fix a knob (not searched), e.g. hypergan.steps=2000",
+    )
+    tune.add_argument("--presets-file", default=None, help="default <out>/presets/<benchmark>.json")
+    tune.add_argument("--data-root", default=None, help="folder searched first for data files")
+    tune.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -215,6 +245,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = evaluate(evaluate_request(args))
             print(result.markdown)
             print(json.dumps(result.metrics, indent=2, sort_keys=True))
+        elif args.command == "tune":
+            from uqbench.app.tune import tune_command
+
+            tune_command(args, command_line=command_line(argv))
     except UserError as exc:
         print(f"uqbench: error: {_message(exc)}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -120,5 +120,9 @@ def write_method_entry(
         "w", dir=path.parent, prefix=f".{path.name}.", delete=False
     ) as tmp:
         tmp.write(json.dumps(presets.as_json(), indent=2, sort_keys=True) + "\n")
+    # NamedTemporaryFile creates the file 0600; give it the mode of any new file.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp.name, 0o666 & ~umask)
     os.replace(tmp.name, path)
     return presets
