@@ -28,8 +28,9 @@ from torch.utils.data import TensorDataset
 
 from uqbench import registry
 from uqbench.app.cli import main
+from uqbench.app.lock import OutputLock
 from uqbench.app.presets import check_presets, read_presets
-from uqbench.app.tune import STUDY_FILE, TuneRequest, _StudyLock, tune
+from uqbench.app.tune import STUDY_FILE, TuneRequest, tune
 from uqbench.app.tune_trial import PruneSettings, TrialSpec, run_trial, validation_view
 from uqbench.configs import (
     CheckedConfig,
@@ -317,7 +318,7 @@ def test_library_call_takes_a_sampler_class_and_loaded_data(tmp_path):
 def test_a_second_tune_on_the_same_folder_is_refused(registered, tmp_path):
     out = tmp_path / "tune"
     out.mkdir()
-    with _StudyLock(out), pytest.raises(UserError, match="another uqbench tune"):
+    with OutputLock(out, "uqbench tune"), pytest.raises(UserError, match="in use by another"):
         tune(request(out, trials=1))
 
 

@@ -4,7 +4,7 @@ Every method is a :class:`~uqbench.sampler.WeightSampler`: once fitted it draws 
 weight sets for one fixed target architecture, and one evaluation harness scores them all.
 
 The application's library API (``uqbench.compare``, ``uqbench.evaluate``,
-``uqbench.report`` and their request and result types) is loaded on first use, so
+``uqbench.report``, ``uqbench.tune`` and their request and result types) is loaded on first use, so
 ``import uqbench`` stays light and the lower layers never import the application.
 """
 
@@ -24,6 +24,9 @@ _APP_API = {
     "EvaluateRequest": "uqbench.app.requests",
     "EvaluateResult": "uqbench.app.requests",
     "FailedCell": "uqbench.app.requests",
+    "tune": "uqbench.app.tune",
+    "TuneRequest": "uqbench.app.tune",
+    "TuneResult": "uqbench.app.tune",
 }
 
 __all__ = ["Task", "UserError", "WeightSampler", *_APP_API]

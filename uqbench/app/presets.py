@@ -42,8 +42,10 @@ class PresetsFile:
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def config_of(self, method: str) -> dict[str, Any]:
-        """The tuned settings of ``method`` (empty when it was not tuned)."""
-        return dict(self.methods.get(method, {}).get("config", {}))
+        """The settings ``method`` was tuned with: the knobs fixed during the search
+        (``set``) and the tuned ones (``config``); empty when it was not tuned."""
+        entry = self.methods.get(method, {})
+        return {**entry.get("set", {}), **entry.get("config", {})}
 
     def as_json(self) -> dict[str, Any]:
         return {"format": FORMAT, "benchmark": self.benchmark, "methods": self.methods}
@@ -97,7 +99,7 @@ def check_presets(
             raise UserError(
                 f"presets file {path} names unknown method {method!r}; see `uqbench list`"
             )
-        unknown = sorted(set(entry["config"]) - known_fields[method])
+        unknown = sorted((set(entry["config"]) | set(entry.get("set", {}))) - known_fields[method])
         if unknown:
             raise UserError(f"presets file {path}: {method} has no setting {', '.join(unknown)}")
 

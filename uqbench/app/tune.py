@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import json
 import math
 import os
@@ -48,6 +47,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from uqbench.app.lock import OutputLock
 from uqbench.app.presets import read_presets, write_method_entry
 from uqbench.app.tune_exec import TrialExecutor, make_executor
 from uqbench.app.tune_trial import PruneSettings, TrialOutcome, TrialSpec, validation_view
@@ -58,7 +58,6 @@ from uqbench.functional import DEFAULT_MEMORY_BUDGET
 from uqbench.sampler import WeightSampler
 
 STUDY_FILE = "study.sqlite"
-LOCK_FILE = ".tune.lock"
 TRIALS_CSV = "trials.csv"
 TRIALS_MD = "trials.md"
 
@@ -300,7 +299,7 @@ def tune(request: TuneRequest) -> TuneResult:
         raise UserError(
             f"--out {p.out_dir}: cannot write there ({exc.strerror}); choose a writable folder"
         ) from None
-    with _StudyLock(p.out_dir):
+    with OutputLock(p.out_dir, "uqbench tune"):
         study_path = p.out_dir / STUDY_FILE
         storage = optuna.storages.RDBStorage(f"sqlite:///{study_path.resolve()}")
         previous = _existing_trials(storage, p.study_name)
@@ -643,37 +642,6 @@ def _command_of(p: _Plan) -> str:
         parts.append(f"--max-fit-s {r.max_fit_s:g}")
     parts += [f"--set {p.method}.{k}={v}" for k, v in sorted(r.overrides.items())]
     return " ".join(parts)
-
-
-class _StudyLock:
-    """An exclusive lock on ``<out>`` for the tune process's lifetime (released by the
-    kernel when the process dies, ``kill -9`` included)."""
-
-    def __init__(self, out_dir: Path) -> None:
-        self._path = out_dir / LOCK_FILE
-        self._fh: Any = None
-
-    def __enter__(self) -> _StudyLock:
-        self._fh = open(self._path, "a+")  # noqa: SIM115 - held until __exit__
-        try:
-            fcntl.flock(self._fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._fh.seek(0)
-            holder = self._fh.read().strip() or "?"
-            self._fh.close()
-            raise UserError(
-                f"another uqbench tune (pid {holder}) is running in {self._path.parent}; "
-                "wait for it or choose another --out"
-            ) from None
-        self._fh.seek(0)
-        self._fh.truncate()
-        self._fh.write(str(os.getpid()))
-        self._fh.flush()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._fh, fcntl.LOCK_UN)
-        self._fh.close()
 
 
 def parse_set_items(items: list[str], method: str) -> dict[str, str]:
