@@ -178,7 +178,7 @@ DIAGNOSTIC_NETS = 20
 DIAGNOSTIC_EXAMPLES = 500
 
 
-class APD(WeightSampler):
+class APD(WeightSampler[APDConfig]):
     """SGLD teacher distilled into a WGAN-GP generator over the flat weight vector."""
 
     name: ClassVar[str] = "apd"
@@ -625,7 +625,7 @@ def _offset(progress: Progress, done: int, total: int) -> Progress:
     return report
 
 
-class APDTeacher(WeightSampler):
+class APDTeacher(WeightSampler[APDConfig]):
     """A fitted :class:`APD`'s teacher: ``sample(n)`` = n of its kept SGLD samples, drawn
     without replacement (n ≤ the samples kept = ``max_samples``). Not fitted on its own."""
 

@@ -114,7 +114,7 @@ class EnsembleConfig(CheckedConfig):
     standardize: bool = setting(True)
 
 
-class DeepEnsemble(WeightSampler):
+class DeepEnsemble(WeightSampler[EnsembleConfig]):
     """M independently initialised and trained members; ``sample(n)`` = the first n.
 
     ``extra_metrics`` after ``fit``: ``train_loss`` (and ``train_acc``), the members' mean

@@ -115,7 +115,7 @@ class MCDropoutConfig(CheckedConfig):
     standardize: bool = setting(True)
 
 
-class MCDropout(WeightSampler):
+class MCDropout(WeightSampler[MCDropoutConfig]):
     """Trained weights; each sampled network drops every masked layer's input units with prob. p.
 
     ``extra_metrics`` after ``fit``: ``train_loss`` (and ``train_acc``) under dropout noise,

@@ -323,7 +323,7 @@ class _LayerPosterior(nn.Module):
         return self.kl_weights(z) - self.log_r(z, w_proj) + log_q
 
 
-class MNF(WeightSampler):
+class MNF(WeightSampler[MNFConfig]):
     """Multiplicative normalizing flows: a flow over multiplicative weight noise.
 
     ``extra_metrics`` after ``fit``: ``mnf_kl_per_example`` (the bound's KL part / N),

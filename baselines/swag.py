@@ -123,7 +123,7 @@ class SWAGConfig(CheckedConfig):
         )
 
 
-class SWAG(WeightSampler):
+class SWAG(WeightSampler[SWAGConfig]):
     """SWA mean plus low-rank-plus-diagonal Gaussian from the SGD trajectory (see module).
 
     ``extra_metrics`` after ``fit``: ``collected`` (T), ``rank`` (K used),

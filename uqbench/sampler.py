@@ -13,13 +13,16 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from uqbench.errors import UserError
+
+#: The config dataclass type of a sampler (``WeightSampler[MyConfig]``).
+ConfigT = TypeVar("ConfigT")
 
 #: ``progress(step, total, **metrics)``: called by ``fit`` so the CLI can show progress.
 Progress = Callable[..., None]
@@ -44,11 +47,13 @@ class Task:
         return self.kind == "classification"
 
 
-class WeightSampler(ABC):
+class WeightSampler(ABC, Generic[ConfigT]):
     """A distribution over the weights of ``target``, fitted to a training set.
 
     Subclasses set ``name`` (the registry key) and ``Config`` (a dataclass whose defaults
-    work), and implement ``fit``, ``sample``, ``state_dict`` and ``load_state_dict``.
+    work, ideally a :class:`uqbench.configs.CheckedConfig`), name it as the type argument
+    (``class MyMethod(WeightSampler[MyConfig])``, so ``self.config`` is typed), and
+    implement ``fit``, ``sample``, ``state_dict`` and ``load_state_dict``.
     """
 
     name: ClassVar[str]
@@ -61,13 +66,13 @@ class WeightSampler(ABC):
     def __init__(
         self,
         target: nn.Module,
-        config: Any = None,
+        config: ConfigT | None = None,
         *,
         task: Task | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
         self.target = target.to(device)
-        self.config = config if config is not None else self.Config()
+        self.config: ConfigT = config if config is not None else self.Config()
         self.task = task if task is not None else Task()
         self.device = torch.device(device)
         #: Extra numbers a method reports beside the shared metrics (e.g. APD's teacher).

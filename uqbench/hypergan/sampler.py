@@ -83,6 +83,7 @@ from uqbench.hypergan.networks import (
 )
 from uqbench.sampler import Progress, Task, WeightSampler
 from uqbench.training import (
+    MinibatchSampler,
     as_tensors,
     check_finite,
     derive_seeds,
@@ -115,7 +116,7 @@ def ensemble_nll(outputs: Tensor, y: Tensor, task: Task) -> float:
     return -float((torch.logsumexp(log_p, dim=0) - math.log(n)).mean())
 
 
-class HyperGAN(WeightSampler):
+class HyperGAN(WeightSampler[HyperGANConfig]):
     """The paper's HyperGAN: 512-wide generators, 32 nets x 32 images, wd 1e-4, pre-trained mixer.
 
     Mixer, per-layer generators with a plain output bias and a code discriminator, Adam
@@ -273,7 +274,6 @@ class HyperGAN(WeightSampler):
         if val is not None and len(val) > 0:
             held_out = tuple(t[: c.val_max_examples].to(self.device) for t in as_tensors(val))
         n_train = x_tr.shape[0]
-        batch = min(c.batch_size, n_train)
 
         if c.mixer and c.pretrain_steps > 0:
             self._pretrain_mixer(g)
@@ -290,15 +290,11 @@ class HyperGAN(WeightSampler):
         self.history = []
         selecting = c.keep_best and held_out is not None
         best_nll, best_state, best_step = math.inf, None, c.steps
-        order = torch.randperm(n_train, generator=data_g).to(self.device)
-        cursor = 0
+        batches = MinibatchSampler(n_train, c.batch_size, [data_g])
         self._hypernet().train()
         for step in range(0, c.steps + 1):
             if step > 0:
-                if cursor + batch > n_train:
-                    order, cursor = torch.randperm(n_train, generator=data_g).to(self.device), 0
-                idx = order[cursor : cursor + batch]
-                cursor += batch
+                idx = batches.next()[0].to(self.device)
                 losses = self._step(x_tr[idx], y_tr[idx], opt_g, opt_d, g)
                 check_finite(self.name, losses, step)
                 for s in schedulers:

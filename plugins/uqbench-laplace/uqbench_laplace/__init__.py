@@ -117,7 +117,7 @@ class LaplaceConfig(CheckedConfig):
     grid_size: int = setting(33, check=at_least(2))
 
 
-class LastLayerLaplace(WeightSampler):
+class LastLayerLaplace(WeightSampler[LaplaceConfig]):
     """Last-layer Laplace around a MAP network (laplace-torch); see the module docstring.
 
     ``extra_metrics`` after ``fit``: ``prior_precision`` (δ, the mean over groups when
