@@ -144,20 +144,21 @@ class WeightSampler(ABC, Generic[ConfigT]):
         cls, overrides: dict[str, str] | None = None, *, benchmark: str | None = None
     ) -> Any:
         """Build ``Config``: defaults, then ``presets[benchmark]``, then string overrides
-        (``--set name.key=value``) cast to each field's type."""
+        (``--set name.key=value``) cast to each field's type — all overrides at once, so
+        rules between fields judge the final combination, not an intermediate one."""
         config = cls.Config()
         if benchmark is not None and benchmark in cls.presets:
             config = dataclasses.replace(config, **cls.presets[benchmark])
+        fields = {f.name for f in dataclasses.fields(config)}
+        changes = {}
         for key, raw in (overrides or {}).items():
-            fields = {f.name: f for f in dataclasses.fields(config)}
             if key not in fields:
                 raise UserError(
                     f"{cls.name} has no setting {key!r}; "
                     f"known settings: {', '.join(sorted(fields))}"
                 )
-            current = getattr(config, key)
-            config = dataclasses.replace(config, **{key: _cast(raw, current, f"{cls.name}.{key}")})
-        return config
+            changes[key] = _cast(raw, getattr(config, key), f"{cls.name}.{key}")
+        return dataclasses.replace(config, **changes) if changes else config
 
 
 def _cast(raw: Any, current: Any, label: str) -> Any:
