@@ -33,12 +33,11 @@ def parse_sets(items: Sequence[str], methods: Sequence[str]) -> dict[str, dict[s
         key, sep, value = item.partition("=")
         method, dot, name = key.partition(".")
         if not sep or not dot or not name:
-            raise UserError(
-                f"--set {item!r}: expected METHOD.KEY=VALUE, e.g. --set hypergan.beta=10"
-            )
+            raise UserError(f"--set {item}: expected METHOD.KEY=VALUE, e.g. --set hypergan.beta=10")
         if method not in out:
             raise UserError(
-                f"--set {item!r}: {method!r} is not among --methods {','.join(methods)}"
+                f"--set {item}: {method!r} is not among this command's methods "
+                f"({','.join(methods)})"
             )
         out[method][name] = value
     return out

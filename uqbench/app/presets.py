@@ -24,11 +24,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from uqbench.app.outputs import atomic_write_text
 from uqbench.errors import UserError
 
 FORMAT = 1
@@ -118,13 +118,5 @@ def write_method_entry(
         )
     presets.methods[method] = entry
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(
-        "w", dir=path.parent, prefix=f".{path.name}.", delete=False
-    ) as tmp:
-        tmp.write(json.dumps(presets.as_json(), indent=2, sort_keys=True) + "\n")
-    # NamedTemporaryFile creates the file 0600; give it the mode of any new file.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp.name, 0o666 & ~umask)
-    os.replace(tmp.name, path)
+    atomic_write_text(path, json.dumps(presets.as_json(), indent=2, sort_keys=True) + "\n")
     return presets

@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from uqbench.app.lock import OutputLock
+from uqbench.app.options import parse_sets
 from uqbench.app.presets import read_presets, write_method_entry
 from uqbench.app.tune_exec import TrialExecutor, make_executor
 from uqbench.app.tune_trial import PruneSettings, TrialOutcome, TrialSpec, validation_view
@@ -644,25 +645,9 @@ def _command_of(p: _Plan) -> str:
     return " ".join(parts)
 
 
-def parse_set_items(items: list[str], method: str) -> dict[str, str]:
-    """``["m.lr=0.1"]`` -> ``{"lr": "0.1"}``; every item must name the tuned method."""
-    out: dict[str, str] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        owner, dot, name = key.partition(".")
-        if not sep or not dot or not name:
-            raise UserError(
-                f"--set {item}: expected METHOD.KEY=VALUE, e.g. --set {method}.steps=100"
-            )
-        if owner != method:
-            raise UserError(f"--set {item}: tune fixes knobs of --method {method} only")
-        out[name] = value
-    return out
-
-
 def tune_command(args: argparse.Namespace, *, command_line: str) -> TuneResult:
     """``uqbench tune``: build the request from the parsed flags, run it, print a summary."""
-    overrides = parse_set_items(args.set, args.method)
+    overrides = parse_sets(args.set, [args.method])[args.method]
     result = tune(
         TuneRequest(
             method=args.method,
