@@ -176,6 +176,7 @@ def test_evaluate_checkpoint_rescores_without_training(toy_run, capsys):
             "expected an integer",
         ),
         (["compare", "--methods", "ensemble", "--seeds", "a,b"], "--seeds"),
+        (["compare", "--methods", "ensemble", "--ood-limit", "0"], "--ood-limit 0"),
         (
             ["compare", "--methods", "ensemble", "--benchmark", "toy1d", "--out", "/dev/null/x"],
             "cannot write there",

@@ -17,6 +17,7 @@ import torch
 
 from uqbench.data import datasets, load_benchmark, search
 from uqbench.data.registry import (
+    OOD_SUBSET_SEED,
     SPLIT_SEED,
     VAL_SEED,
     index_hash,
@@ -125,6 +126,29 @@ def test_mnist5000_split_is_stratified_disjoint_and_fixed(tmp_path: Path) -> Non
         rest
     )
     assert "500 of 5000 (stratified, seed 1)" in data.sources["val"]
+
+
+def test_ood_limit_cuts_each_large_ood_set_to_a_fixed_recorded_subset(tmp_path: Path) -> None:
+    _mnist_test_and_ood(tmp_path, n=6)
+    full = load_benchmark("mnist5000", data_root=tmp_path, download=False)
+    cut = load_benchmark("mnist5000", data_root=tmp_path, download=False, ood_limit=4)
+    again = load_benchmark("mnist5000", data_root=tmp_path, download=False, ood_limit=4)
+    assert set(cut.ood) == set(full.ood) == {"notmnist", "fashion-mnist", "emnist-letters"}
+    for name, images in cut.ood.items():
+        assert len(images) == 4 and _rows(images) <= _rows(full.ood[name])
+        torch.testing.assert_close(images, again.ood[name], rtol=0, atol=0)
+        entry = cut.split_info[f"ood/{name}"]
+        assert entry["size"] == 4 and entry["seed"] == OOD_SUBSET_SEED
+        assert entry["hashed"] == f"sorted indices into {name} (6 images)"
+        assert "4 of 6 (seed 2)" in cut.sources[f"ood/{name}"]
+        assert f"ood/{name}" not in full.split_info
+    # train, validation and test are untouched; a limit above every set's size changes nothing
+    assert {k: cut.split_info[k] for k in ("train", "val", "test")} == {
+        k: full.split_info[k] for k in ("train", "val", "test")
+    }
+    roomy = load_benchmark("mnist5000", data_root=tmp_path, download=False, ood_limit=6)
+    assert all(len(x) == 6 for x in roomy.ood.values())
+    assert not any(k.startswith("ood/") for k in roomy.split_info)
 
 
 def test_split_does_not_depend_on_global_seeds(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ the registry finds built-ins by entry point."""
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 
 from uqbench.app.store import CellRecord, ResultsStore
@@ -189,3 +190,13 @@ def test_output_lock_is_exclusive_and_names_its_holder(tmp_path):
         holder.wait()
     with OutputLock(tmp_path, "third"):  # released when its holder died
         pass
+
+
+def test_cell_key_is_unchanged_without_ood_limit_and_changes_with_it() -> None:
+    """Stores written before ``ood_limit`` existed keep their keys; a cut OOD set is another
+    cell (its scores differ), never a reuse of the full-set one."""
+    from uqbench.app.runner import CellSpec
+
+    spec = CellSpec(method="ensemble", benchmark="toy1d", seed=0, config={"epochs": 3})
+    assert spec.config_hash == "6f40a76e64bf"  # recorded before the field existed
+    assert dataclasses.replace(spec, ood_limit=5).config_hash != spec.config_hash

@@ -144,6 +144,13 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
         metavar="NAME=PATH",
         help="extra OOD set: an IDX image file (gz or not) or an image folder",
     )
+    p.add_argument(
+        "--ood-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="score at most N images of each OOD set (a fixed random subset)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
 
 
@@ -175,6 +182,7 @@ def compare_request(args: argparse.Namespace, argv: Sequence[str] | None):
         ray_address=args.ray_address,
         data_root=args.data_root,
         ood=_parse_ood(args.ood),
+        ood_limit=args.ood_limit,
         device=args.device,
         memory_budget_mb=args.memory_budget_mb,
         cell_timeout_s=args.cell_timeout,
@@ -192,6 +200,7 @@ def evaluate_request(args: argparse.Namespace):
         seed=args.seed,
         data_root=args.data_root,
         ood=_parse_ood(args.ood),
+        ood_limit=args.ood_limit,
         device=args.device,
         memory_budget_mb=args.memory_budget_mb,
     )

@@ -109,6 +109,12 @@ def _check_ood(ood: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     return tuple(parse_ood_option(f"{name}={path}") for name, path in dict(ood).items())
 
 
+def _check_ood_limit(value: int | None) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise RequestError("ood_limit", value, "give a whole number of OOD images >= 1")
+    return value
+
+
 def _check_timeout(value: float | None) -> float | None:
     if value is None:
         return None
@@ -221,6 +227,7 @@ class _Plan:
                     "sets", method, f"{method!r} is not among the methods {','.join(self.methods)}"
                 )
         self.ood = _check_ood(r.ood)
+        self.ood_limit = _check_ood_limit(r.ood_limit)
         _check_benchmark(r.benchmark)
         self.benchmark = r.benchmark
         tuned = _presets_overrides(r.presets, r.benchmark)
@@ -239,7 +246,7 @@ class _Plan:
         check_out_dir(self.out_dir)
         self.data_root = None if r.data_root is None else str(r.data_root)
         cached_benchmark.cache_clear()  # files may have changed since an earlier call
-        self.data = cached_benchmark(r.benchmark, self.data_root, self.ood)
+        self.data = cached_benchmark(r.benchmark, self.data_root, self.ood, self.ood_limit)
         self.specs = [
             CellSpec(
                 method=m,
@@ -251,6 +258,7 @@ class _Plan:
                 extra_ood=self.ood,
                 device=self.device,
                 memory_budget=self.memory_budget_mb * 2**20,
+                ood_limit=self.ood_limit,
             )
             for m in self.methods
             for s in self.seeds
@@ -299,6 +307,7 @@ def _provenance(plan: _Plan, data_files: dict[str, str], started: str) -> dict:
         "split_info": dict(getattr(data, "split_info", {}) or {}),
         "data_files": data_files,
         "ood": [list(p) for p in plan.ood],
+        "ood_limit": plan.ood_limit,
         "cells": [s.file_stem for s in plan.specs],
         "cell_provenance": dict(prev.get("cell_provenance", {})),
         "invocations": invocations,
@@ -318,6 +327,7 @@ def _cell_provenance(
         "config_hash": spec.config_hash,
         "n_samples": spec.n_samples,
         "ood": [list(p) for p in spec.extra_ood],
+        "ood_limit": spec.ood_limit,
         "split_info": dict(getattr(plan.data, "split_info", {}) or {}),
         "data_files": data_files,
         "command": plan.command,
@@ -526,6 +536,7 @@ def evaluate(request: EvaluateRequest) -> EvaluateResult:
     )
     (seed,) = check_seeds([r.seed])
     ood = _check_ood(r.ood)
+    ood_limit = _check_ood_limit(r.ood_limit)
     path = Path(r.checkpoint)
     spec_dict, state = load_checkpoint(path)
     benchmark = r.benchmark or spec_dict["benchmark"]
@@ -548,9 +559,10 @@ def evaluate(request: EvaluateRequest) -> EvaluateResult:
         extra_ood=ood,
         device=resolve_device(r.device),
         memory_budget=budget * 2**20,
+        ood_limit=ood_limit if ood_limit is not None else spec_dict.get("ood_limit"),
     )
     cached_benchmark.cache_clear()
-    data = cached_benchmark(spec.benchmark, spec.data_root, spec.extra_ood)
+    data = cached_benchmark(spec.benchmark, spec.data_root, spec.extra_ood, spec.ood_limit)
     check_samples_memory(spec.n_samples, data, spec.device)
     sampler = build_sampler(spec, data)
     try:

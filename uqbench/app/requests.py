@@ -48,8 +48,10 @@ class CompareRequest:
     command line, or typed). ``presets``: a presets file written by ``uqbench tune``,
     applied after each method's built-in preset and before ``sets``. ``out``: the output
     folder (default ``runs/<benchmark>``); a re-run into it skips finished cells.
-    ``ood``: extra OOD sets, name -> IDX file or image folder. ``cell_timeout_s``: stop a
-    cell (fit and evaluation) that runs longer, and count it as failed.
+    ``ood``: extra OOD sets, name -> IDX file or image folder. ``ood_limit``: score at
+    most this many images of each OOD set (a fixed random subset, recorded in
+    ``split_info``). ``cell_timeout_s``: stop a cell (fit and evaluation) that runs
+    longer, and count it as failed.
     """
 
     methods: Sequence[str] = DEFAULT_METHODS
@@ -63,6 +65,7 @@ class CompareRequest:
     ray_address: str | None = None
     data_root: str | Path | None = None
     ood: Mapping[str, str | Path] = field(default_factory=dict)
+    ood_limit: int | None = None
     device: str = "auto"
     memory_budget_mb: int = 1024
     cell_timeout_s: float | None = None
@@ -84,6 +87,8 @@ class EvaluateRequest:
     seed: int = 0
     data_root: str | Path | None = None
     ood: Mapping[str, str | Path] = field(default_factory=dict)
+    #: Default: the limit the checkpoint's cell was scored with.
+    ood_limit: int | None = None
     device: str = "auto"
     memory_budget_mb: int = 1024
 

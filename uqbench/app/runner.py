@@ -41,6 +41,8 @@ class CellSpec:
     extra_ood: tuple[tuple[str, str], ...] = ()
     device: str = "cpu"
     memory_budget: int = DEFAULT_MEMORY_BUDGET
+    #: Every OOD set cut to this many images (None: all of them).
+    ood_limit: int | None = None
 
     @property
     def config_hash(self) -> str:
@@ -53,6 +55,8 @@ class CellSpec:
             "n_samples": self.n_samples,
             "ood": [list(p) for p in self.extra_ood],
         }
+        if self.ood_limit is not None:  # absent otherwise: earlier stores keep their keys
+            key["ood_limit"] = self.ood_limit
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
 
     @property
@@ -77,12 +81,17 @@ class CellOutcome:
 
 @lru_cache(maxsize=4)
 def cached_benchmark(
-    name: str, data_root: str | None, extra_ood: tuple[tuple[str, str], ...]
+    name: str,
+    data_root: str | None,
+    extra_ood: tuple[tuple[str, str], ...],
+    ood_limit: int | None = None,
 ) -> BenchmarkData:
     """Load a benchmark once per process (cells of one run share it)."""
     from uqbench.data.registry import load_benchmark
 
-    return load_benchmark(name, data_root=data_root, extra_ood=dict(extra_ood) or None)
+    return load_benchmark(
+        name, data_root=data_root, extra_ood=dict(extra_ood) or None, ood_limit=ood_limit
+    )
 
 
 def build_sampler(spec: CellSpec, data: BenchmarkData) -> WeightSampler:
@@ -98,7 +107,7 @@ def run_cell(spec: CellSpec, progress: Progress | None = None) -> CellOutcome:
     """Fit and evaluate one cell; measures fit_s, sample_eval_s, params and peak_mb."""
     from uqbench.evaluation.harness import evaluate
 
-    data = cached_benchmark(spec.benchmark, spec.data_root, spec.extra_ood)
+    data = cached_benchmark(spec.benchmark, spec.data_root, spec.extra_ood, spec.ood_limit)
     reset_peak_memory(spec.device)
     sampler = build_sampler(spec, data)
     start = time.perf_counter()

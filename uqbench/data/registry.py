@@ -21,6 +21,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 
@@ -44,6 +45,8 @@ VAL_SHARE = 0.1
 #: Validation size of the 60k-image MNIST and Fashion-MNIST training sets (a cap: a
 #: smaller set in their layout holds out VAL_SHARE).
 FULL_MNIST_VAL_SIZE = 5000
+#: Seed of the fixed subset an OOD set is cut to under ``ood_limit`` (never a method's).
+OOD_SUBSET_SEED = 2
 #: Seeds of the toy1d training points and of its validation draw.
 TOY_SEED = 0
 TOY_VAL_SEED = 1
@@ -467,13 +470,16 @@ def load_benchmark(
     data_root: str | os.PathLike[str] | None = None,
     extra_ood: dict[str, str] | None = None,
     download: bool = True,
+    ood_limit: int | None = None,
 ) -> BenchmarkData:
     """Load benchmark ``name`` from the search path, plus the user's ``--ood`` sets.
 
     ``data_root`` is searched first (then ``UQBENCH_DATA``, the user cache, system
     dataset folders); ``download`` allows a torchvision download into the user cache
     (``UQBENCH_NO_DOWNLOAD=1`` forbids it, e.g. on machines without a network).
-    ``extra_ood`` maps a name to an IDX image file or an image folder.
+    ``extra_ood`` maps a name to an IDX image file or an image folder. ``ood_limit``:
+    every OOD set larger than this is cut to a fixed random subset of that size (see
+    :func:`limit_ood`); None keeps every image.
     """
     spec = BENCHMARKS.get(name)
     if spec is None:
@@ -500,5 +506,34 @@ def load_benchmark(
         data.sources[f"ood/{ood_name}"] = str(path)
         where = Path(path).expanduser()
         search.record(*(image_files(where) if where.is_dir() else [where]))
+    if ood_limit is not None:
+        limit_ood(data, ood_limit)
     data.files_read = search.files_read
     return data
+
+
+def limit_ood(data: BenchmarkData, limit: int) -> None:
+    """Cut every OOD set of more than ``limit`` images to ``limit`` of them, in place.
+
+    The subset is the sorted first ``limit`` of a permutation drawn with
+    :data:`OOD_SUBSET_SEED` (the same for every method, seed and run), recorded in
+    ``split_info["ood/<name>"]`` by size and index hash. Why cut at all: scoring 100
+    networks costs time in proportion to the images scored, and OOD sets of the test
+    set's size keep AUPR's chance level (the OOD share) the same across OOD sets.
+    """
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise UserError(f"ood_limit={limit!r}: give a whole number of images >= 1")
+    for name, images in list(data.ood.items()):
+        total = len(images)
+        if total <= limit:
+            continue
+        rng = np.random.RandomState(OOD_SUBSET_SEED)
+        keep = np.sort(rng.permutation(total)[:limit])
+        data.ood[name] = images[torch.from_numpy(keep)]
+        data.split_info[f"ood/{name}"] = _index_entry(
+            keep, f"{name} ({total} images)", OOD_SUBSET_SEED
+        )
+        key = f"ood/{name}"
+        data.sources[key] = (
+            f"{data.sources.get(key, name)}: {limit} of {total} (seed {OOD_SUBSET_SEED})"
+        )
