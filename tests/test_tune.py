@@ -476,3 +476,23 @@ def test_tune_throughput_benchmark_reports_each_mode(capsys):
         assert r["trials"] == 2 and r["wall_s"] > 0
         assert r["trials_per_hour"] == pytest.approx(2 / r["wall_s"] * 3600, rel=0.01)
     assert rows["serial"]["pruned"] == 0 and rows["serial"]["speedup_vs_serial"] == 1.0
+
+
+def test_presets_inherit_copies_a_tuned_entry_marked_as_inherited(tmp_path, capsys):
+    from uqbench.app.presets import main as presets_main
+    from uqbench.app.presets import write_method_entry
+
+    path = tmp_path / "p.json"
+    tuned = {"config": {"lr": 0.01}, "set": {"epochs": 3}, "best_value": 0.2}
+    write_method_entry(path, "tiny-val", "tunetoy", tuned)
+    assert presets_main(["inherit", str(path), "tunetoy", "a", "b"]) == 0
+    methods = read_presets(path).methods
+    assert methods["a"] == methods["b"] == {**tuned, "inherited_from": "tunetoy"}
+    assert methods["tunetoy"] == tuned
+    before = path.read_text()
+    # Only a tuned entry can be inherited, and a refusal is one line that changes nothing.
+    assert presets_main(["inherit", str(path), "a", "c"]) == 2
+    assert presets_main(["inherit", str(path), "nosuch", "c"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and all("holds no tuned entry" in line for line in err)
+    assert path.read_text() == before

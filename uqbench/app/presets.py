@@ -18,12 +18,18 @@ One JSON file per benchmark (e.g. ``presets/mnist5000.json``)::
 Each tuned method has its own entry, so methods tuned by separate commands share one file
 and the budget of each is recorded beside its result. ``compare`` applies a method's
 ``config`` after the method's built-in preset and before ``--set``.
+
+An ablation or variant can take another method's tuned entry unchanged (an ablation
+changes one thing): ``python -m uqbench.app.presets inherit FILE hypergan
+hypergan-nodisc`` copies hypergan's entry to hypergan-nodisc, marked ``inherited_from``.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,3 +126,38 @@ def write_method_entry(
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(presets.as_json(), indent=2, sort_keys=True) + "\n")
     return presets
+
+
+def inherit(path: str | os.PathLike[str], source: str, targets: list[str]) -> PresetsFile:
+    """Give each of ``targets`` ``source``'s tuned entry (config, fixed knobs, budget, how
+    it was found), marked ``inherited_from`` so no table reads it as the target's own tuning."""
+    presets = read_presets(path)
+    entry = presets.methods.get(source)
+    if entry is None or "inherited_from" in entry:
+        raise UserError(f"presets file {path} holds no tuned entry of {source!r}; tune it first")
+    for target in targets:
+        presets = write_method_entry(
+            path, presets.benchmark, target, {**entry, "inherited_from": source}
+        )
+    return presets
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m uqbench.app.presets inherit FILE SOURCE TARGET...``"""
+    parser = argparse.ArgumentParser(prog="python -m uqbench.app.presets")
+    sub = parser.add_subparsers(dest="command", required=True)
+    copy = sub.add_parser("inherit", help="give methods another method's tuned entry")
+    copy.add_argument("file")
+    copy.add_argument("source")
+    copy.add_argument("targets", nargs="+")
+    args = parser.parse_args(argv)
+    try:
+        inherit(args.file, args.source, args.targets)
+    except UserError as exc:
+        print(f"uqbench: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
