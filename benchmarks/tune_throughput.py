@@ -43,8 +43,8 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.utils.data import TensorDataset
 
+from uqbench.app.pool import available_cores
 from uqbench.app.tune import TuneRequest, TuneResult, tune
-from uqbench.app.tune_exec import available_cores
 from uqbench.configs import (
     CheckedConfig,
     IntRange,

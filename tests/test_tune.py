@@ -62,6 +62,8 @@ class ToyConfig(CheckedConfig):
     steps: int = setting(20, check=at_least(1))
     sleep_s: float = setting(0.0, check=non_negative)
     max_noise: float = setting(1.0, check=non_negative)
+    #: False: the fit never calls ``progress`` (one long silent phase).
+    report: bool = setting(True)
 
     def check_together(self) -> None:
         if self.noise > self.max_noise:
@@ -87,7 +89,7 @@ class ToySampler(WeightSampler):
             loss.backward()
             opt.step()
             time.sleep(c.sleep_s)
-            if progress is not None:
+            if progress is not None and c.report:
                 extra = {}
                 if val is not None and step % 5 == 0:
                     vx, vy = as_tensors(val)
@@ -337,6 +339,17 @@ def test_parallel_trials_never_read_test_or_ood_data(registered, tmp_path):
 
 
 # --- budget and pruning ------------------------------------------------------------------
+def test_the_fit_time_cap_stops_a_fit_that_reports_no_progress(registered, tmp_path):
+    out = tmp_path / "tune"
+    silent = {"sleep_s": "0.05", "steps": "100", "report": "false"}  # 5 s, never reports
+    with pytest.raises(UserError, match="no trial of tunetoy-tiny-val-nll completed"):
+        tune(request(out, trials=1, max_fit_s=0.2, overrides=silent))
+    csv = pd.read_csv(out / "trials.csv")
+    assert list(csv["state"]) == ["PRUNED"]
+    assert "over the cap of 0.2 s (no progress call since the cap)" in csv["reason"][0]
+    assert csv["fit_s"][0] < 0.2 * 1.1 + 1.0 + 0.5  # the backstop alarm, not the 5 s fit
+
+
 def test_the_fit_time_cap_prunes_the_trial(registered, tmp_path):
     out = tmp_path / "tune"
     slow = {"sleep_s": "0.05", "steps": "20"}  # >= 1 s of fit against a 0.2 s cap

@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", default=None, help="output folder (default runs/<benchmark>)")
     compare.add_argument("--executor", choices=("local", "ray"), default="local")
     compare.add_argument("--ray-address", default=None, help="address of an existing Ray cluster")
+    compare.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="cells at once (cores // jobs threads each; default 1, on Ray one per CPU)",
+    )
     _add_data_args(compare)
     compare.add_argument(
         "--memory-budget-mb",
@@ -180,6 +186,7 @@ def compare_request(args: argparse.Namespace, argv: Sequence[str] | None):
         out=args.out,
         executor=args.executor,
         ray_address=args.ray_address,
+        jobs=args.jobs,
         data_root=args.data_root,
         ood=_parse_ood(args.ood),
         ood_limit=args.ood_limit,

@@ -216,6 +216,12 @@ class _Plan:
         self.timeout = _check_timeout(r.cell_timeout_s)
         if r.executor not in ("local", "ray"):
             raise RequestError("executor", r.executor, "use 'local' or 'ray'")
+        # Cells at once: local default 1 (this process); Ray default one per cluster CPU.
+        self.jobs = (
+            None
+            if r.jobs is None and r.executor == "ray"
+            else check_count("jobs", 1 if r.jobs is None else r.jobs, low=1, what="cells at once")
+        )
         if r.executor == "ray":
             from uqbench.app.executors import check_ray
 
@@ -301,6 +307,7 @@ def _provenance(plan: _Plan, data_files: dict[str, str], started: str) -> dict:
         "seeds": sorted(plan.seeds),
         "samples": plan.samples,
         "executor": plan.executor,
+        "jobs": plan.jobs,
         "device": plan.device,
         "presets": plan.presets,
         "data_sources": data.sources,
@@ -433,17 +440,7 @@ def compare(request: CompareRequest) -> CompareResult:
                     )
                     progress.cell_failed(spec, failure.reason)
 
-                if plan.executor == "ray":
-                    from uqbench.app.executors import run_ray
-
-                    run_ray(
-                        todo,
-                        on_result,
-                        on_failure=on_failure,
-                        address=plan.ray_address,
-                        timeout=plan.timeout,
-                    )
-                else:
+                if plan.executor == "local" and plan.jobs == 1:
                     from uqbench.app.executors import run_local
 
                     run_local(
@@ -453,6 +450,17 @@ def compare(request: CompareRequest) -> CompareResult:
                         on_failure=on_failure,
                         timeout=plan.timeout,
                     )
+                elif todo:
+                    from uqbench.app.executors import run_pooled
+                    from uqbench.app.pool import make_pool
+
+                    pool = make_pool(
+                        plan.executor,
+                        plan.jobs,
+                        ray_address=plan.ray_address,
+                        gpu=plan.device.startswith("cuda"),
+                    )
+                    run_pooled(todo, on_result, pool, on_failure=on_failure, timeout=plan.timeout)
             records = _records_for(store, plan.specs)
         config["invocations"][-1]["finished"] = now_iso()
         write_config(out_dir, config)

@@ -1,4 +1,5 @@
-"""Where cells run: in this process one after another, or as Ray tasks on a cluster.
+"""How cells run: in this process one after another, or on a pool (:mod:`uqbench.app.pool`:
+worker processes or Ray tasks, the pools ``tune`` runs its trials on).
 
 Either way results come back to the driver, which alone writes files and the store; the
 same seeds give the same table. A cell that raises (a diverged fit, a plugin's bug) or
@@ -13,9 +14,11 @@ import multiprocessing
 import pickle
 import socket
 import traceback
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from uqbench.app.pool import Pool
 from uqbench.app.runner import CellOutcome, CellSpec, run_cell
 from uqbench.errors import UserError
 from uqbench.sampler import Progress
@@ -158,51 +161,33 @@ def check_ray(address: str | None) -> None:
     check_ray_address(address)
 
 
-def run_ray(
+def run_pooled(
     specs: Sequence[CellSpec],
     on_result: OnResult,
+    pool: Pool,
     *,
     on_failure: OnFailure | None = None,
-    address: str | None = None,
-    cpus_per_cell: float = 1.0,
     timeout: float | None = None,
 ) -> None:
-    """Run each cell as a Ray task (a GPU each when the cell's device is CUDA); failed
-    cells are handled as in :func:`run_local`."""
+    """Run cells on ``pool`` (worker processes or Ray tasks), ``pool.capacity`` at a time;
+    results and failures are handled as in :func:`run_local`, in the order cells finish.
+    The pool is closed at the end, also when the driver stops early."""
+    pending = deque(enumerate(specs))
+    running: dict[int, CellSpec] = {}
     try:
-        import ray
-    except ImportError:
-        raise UserError(
-            "the ray executor needs Ray: pip install 'uqbench[ray]' (or use the local executor)"
-        ) from None
-    started_here = not ray.is_initialized()
-    if started_here:
-        check_ray_address(address)
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise UserError(
-                f"cannot reach the Ray cluster at {address!r}: {one_line(exc)}"
-            ) from None
-    try:
-        remote = ray.remote(guarded_cell)
-        pending = {}
-        for spec in specs:
-            gpus = 1 if spec.device.startswith("cuda") else 0
-            ref = remote.options(num_cpus=cpus_per_cell, num_gpus=gpus).remote(spec, None, timeout)
-            pending[ref] = spec
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                spec = pending.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except ray.exceptions.RayError as exc:  # the worker itself died
-                    result = CellFailure(spec, one_line(exc), str(exc))
-                if isinstance(result, CellFailure):
-                    (on_failure or _raise)(result)
-                else:
-                    on_result(result)
+        while pending or running:
+            while pending and len(running) < pool.capacity:
+                index, spec = pending.popleft()
+                pool.submit(index, guarded_cell, spec, None, timeout)
+                running[index] = spec
+            index, result = pool.next_done()
+            spec = running.pop(index)
+            if isinstance(result, BaseException):  # the worker itself died
+                trace = "".join(traceback.format_exception(result))
+                result = CellFailure(spec, one_line(result), trace)
+            if isinstance(result, CellFailure):
+                (on_failure or _raise)(result)
+            else:
+                on_result(result)
     finally:
-        if started_here:
-            ray.shutdown()
+        pool.close()

@@ -63,6 +63,9 @@ class CompareRequest:
     out: str | Path | None = None
     executor: str = "local"
     ray_address: str | None = None
+    #: Cells at once (worker processes, cores // jobs threads each; on Ray: tasks in
+    #: flight). None: 1 locally, one per cluster CPU on Ray.
+    jobs: int | None = None
     data_root: str | Path | None = None
     ood: Mapping[str, str | Path] = field(default_factory=dict)
     ood_limit: int | None = None

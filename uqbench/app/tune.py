@@ -23,7 +23,7 @@ One Optuna study per (method, benchmark, objective), stored in ``<out>/study.sql
 - the study resumes: a trial left running by a tune process that died (``kill -9``) is
   marked failed, does not count, and the study goes on until ``trials`` trials finished;
 - the driver alone asks and tells the study; workers (processes or Ray tasks) only fit
-  and score (:mod:`uqbench.app.tune_exec`).
+  and score (:mod:`uqbench.app.pool`, the pools ``compare`` runs its cells on).
 
 Outputs in ``<out>``: ``study.sqlite``, ``trials.csv`` and ``trials.md`` (one row per trial)
 and the presets file (default ``<out>/presets/<benchmark>.json``) whose entry for the
@@ -49,9 +49,15 @@ import pandas as pd
 
 from uqbench.app.lock import OutputLock
 from uqbench.app.options import parse_sets
+from uqbench.app.pool import Pool, make_pool
 from uqbench.app.presets import read_presets, write_method_entry
-from uqbench.app.tune_exec import TrialExecutor, make_executor
-from uqbench.app.tune_trial import PruneSettings, TrialOutcome, TrialSpec, validation_view
+from uqbench.app.tune_trial import (
+    PruneSettings,
+    TrialOutcome,
+    TrialSpec,
+    run_shared_trial,
+    validation_view,
+)
 from uqbench.configs import Choice, IntRange, LogUniform, Space, Uniform, search_space
 from uqbench.data.benchmark import BenchmarkData
 from uqbench.errors import UserError
@@ -318,12 +324,13 @@ def tune(request: TuneRequest) -> TuneResult:
         _check_settings(study, p, study_path)
         _fail_abandoned(study, p.request.verbose)
         view = validation_view(p.data)
-        executor = make_executor(
+        executor = make_pool(
             p.request.executor,
-            view,
             p.request.jobs,
+            shared=view,
             cores=p.request.cores,
             ray_address=p.request.ray_address,
+            gpu=p.device.startswith("cuda"),
         )
         threads = executor.threads
         try:
@@ -335,7 +342,7 @@ def tune(request: TuneRequest) -> TuneResult:
         return _finish(study, p, frame, study_path, threads)
 
 
-def _run(study: Any, p: _Plan, executor: TrialExecutor) -> None:
+def _run(study: Any, p: _Plan, executor: Pool) -> None:
     """Keep ``executor.capacity`` trials in flight until ``trials`` trials finished."""
     from optuna.trial import TrialState
 
@@ -356,6 +363,8 @@ def _run(study: Any, p: _Plan, executor: TrialExecutor) -> None:
                     failures = _count_failure(failures, r.trials, str(exc))
                     continue
                 executor.submit(
+                    trial.number,
+                    run_shared_trial,
                     TrialSpec(
                         number=trial.number,
                         method_cls=p.cls,
@@ -368,12 +377,12 @@ def _run(study: Any, p: _Plan, executor: TrialExecutor) -> None:
                         threads=executor.threads,
                         prune=_prune_settings(study, p),
                         memory_budget=r.memory_budget,
-                    )
+                    ),
                 )
                 running[trial.number] = trial
             if not running:
                 return
-            number, outcome = executor.next_outcome()
+            number, outcome = executor.next_done()
             trial = running.pop(number)
             if isinstance(outcome, BaseException):
                 _tell_failed(study, trial, f"error: {type(outcome).__name__}: {outcome}", False)

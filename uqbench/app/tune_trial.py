@@ -8,9 +8,10 @@ asks for the trial's values and tells the result; the worker gets a plain
 Budget and pruning act through the ``progress(step, total, **metrics)`` callback that
 every method's ``fit`` calls:
 
-- the fit-time cap: when the fit has run longer than ``max_fit_s`` at a progress call,
-  :class:`FitTimeExceeded` stops it, and the trial is recorded as pruned with that reason
-  (it used its share of the budget without producing a result);
+- the fit-time cap: when the fit has run longer than ``max_fit_s`` at a progress call —
+  or, where the fit reports nothing for that long, when an alarm rings at ``max_fit_s``
+  — :class:`FitTimeExceeded` stops it, and the trial is recorded as pruned with that
+  reason (it used its share of the budget without producing a result);
 - pruning: when the method reports the objective's validation number under the key
   ``val_<objective>`` (``val_nll``, ``val_acc``, ``val_ece``, ``val_brier``, ``val_rmse``),
   it is an intermediate value at ``step``; Optuna's ``MedianPruner`` stops the trial when
@@ -22,8 +23,12 @@ every method's ``fit`` calls:
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -110,6 +115,16 @@ def validation_view(data: BenchmarkData) -> BenchmarkData:
     )
 
 
+def run_shared_trial(spec: TrialSpec) -> TrialOutcome:
+    """:func:`run_trial` on the pool's shared validation view (the task a pool runs)."""
+    from uqbench.app.pool import shared_value
+
+    data = shared_value()
+    if data is None:
+        raise RuntimeError("a trial ran in a pool without the benchmark's validation view")
+    return run_trial(spec, data)
+
+
 def run_trial(spec: TrialSpec, data: BenchmarkData) -> TrialOutcome:
     """Fit ``spec.config`` on ``data.train`` (with ``val=data.val``) and score it on
     ``data.val`` with the shared harness. ``data`` must be a :func:`validation_view`.
@@ -133,7 +148,8 @@ def run_trial(spec: TrialSpec, data: BenchmarkData) -> TrialOutcome:
             device=spec.device,
         )
         watch.start()
-        sampler.fit(data.train, seed=spec.seed, val=data.val, progress=watch)
+        with _alarm_at(spec.max_fit_s):
+            sampler.fit(data.train, seed=spec.seed, val=data.val, progress=watch)
         outcome.fit_s = watch.elapsed()
         if spec.max_fit_s is not None and outcome.fit_s > spec.max_fit_s:
             raise FitTimeExceeded(_over_cap(outcome.fit_s, spec.max_fit_s))
@@ -179,6 +195,37 @@ def _warm_up() -> None:
     if not _WARM:
         torch.optim.Adam([torch.zeros(1, requires_grad=True)])
         _WARM = True
+
+
+@contextlib.contextmanager
+def _alarm_at(cap: float | None) -> Iterator[None]:
+    """Enforce the cap also where a fit reports no progress for long (one long phase, e.g.
+    a full Hessian): a ``SIGALRM`` at ``1.1 × cap + 1`` seconds (a backstop: progress
+    calls past the cap stop a fit first) raises :class:`FitTimeExceeded` in the fit.
+    Only in a main thread on Unix, where signals can be handled; elsewhere the cap is
+    checked at each ``progress`` call alone. The signal interrupts Python code between
+    operations, so one long native operation still finishes first."""
+    usable = (
+        cap is not None
+        and hasattr(signal, "setitimer")
+        and threading.current_thread() is threading.main_thread()
+    )
+    if not usable:
+        yield
+        return
+    start = time.perf_counter()
+
+    def _ring(signum: int, frame: Any) -> None:
+        elapsed = time.perf_counter() - start
+        raise FitTimeExceeded(f"{_over_cap(elapsed, cap)} (no progress call since the cap)")
+
+    previous = signal.signal(signal.SIGALRM, _ring)
+    signal.setitimer(signal.ITIMER_REAL, 1.1 * cap + 1.0)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _over_cap(elapsed: float, cap: float) -> str:

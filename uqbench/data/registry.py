@@ -518,8 +518,8 @@ def limit_ood(data: BenchmarkData, limit: int) -> None:
     The subset is the sorted first ``limit`` of a permutation drawn with
     :data:`OOD_SUBSET_SEED` (the same for every method, seed and run), recorded in
     ``split_info["ood/<name>"]`` by size and index hash. Why cut at all: scoring 100
-    networks costs time in proportion to the images scored, and OOD sets of the test
-    set's size keep AUPR's chance level (the OOD share) the same across OOD sets.
+    networks costs time in proportion to the images scored, and OOD sets of one size keep
+    AUPR's chance level (the OOD share) the same across OOD sets.
     """
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
         raise UserError(f"ood_limit={limit!r}: give a whole number of images >= 1")
