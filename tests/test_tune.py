@@ -509,3 +509,21 @@ def test_presets_inherit_copies_a_tuned_entry_marked_as_inherited(tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all("holds no tuned entry" in line for line in err)
     assert path.read_text() == before
+
+
+def test_the_pruner_never_acts_on_a_report_before_the_first_step():
+    """A score at step 0 is the untrained network's: pruning on it would stop trials on
+    initialisation noise."""
+    import optuna
+
+    from uqbench.app.tune_trial import PruneSettings, TrialSpec, _Pruned, _Watch
+
+    better = [
+        optuna.trial.create_trial(value=0.1, intermediate_values={0: 0.1, 5: 0.1}) for _ in range(6)
+    ]
+    prune = PruneSettings(direction="minimize", key="val_nll", finished=tuple(better))
+    watch = _Watch(TrialSpec(number=6, method_cls=ToySampler, config={}, metric="nll", prune=prune))
+    watch.start()
+    watch(0, 10, val_nll=2.3)  # worse than every finished trial, but before any training
+    with pytest.raises(_Pruned, match="val_nll=2.3 at step 5"):
+        watch(5, 10, val_nll=2.3)

@@ -128,6 +128,12 @@ def _add_tune_parser(sub: argparse._SubParsersAction) -> None:
     tune.add_argument("--max-fit-s", type=float, default=None, help="cap on each trial's fit")
     tune.add_argument("--seed", type=int, default=0, help="fit, evaluation and sampler seed")
     tune.add_argument("--pruner", choices=("median", "none"), default="median")
+    tune.add_argument(
+        "--prune-warmup-steps",
+        type=int,
+        default=1,
+        help="the pruner ignores reports before this step (default 1: not the untrained net)",
+    )
     tune.add_argument("--samples", type=int, default=100, help="networks per validation score")
     tune.add_argument(
         "--set",

@@ -91,7 +91,9 @@ class TuneRequest:
     or already typed; these knobs are fixed and not searched. ``max_fit_s``: cap on each
     trial's fit time (None: no cap). ``jobs``: trials at once. ``pruner``: ``median``
     (Optuna's MedianPruner on the ``val_<objective>`` numbers a method reports through
-    ``progress``) or ``none``. ``cores``: threads shared by the concurrent local trials
+    ``progress``) or ``none``; it never acts on a report before ``prune_warmup_steps``
+    (default 1: a report at step 0 scores the untrained network, which says nothing
+    about the config). ``cores``: threads shared by the concurrent local trials
     (default: the cores this process may use). ``command``: recorded in the presets file.
     """
 
@@ -113,7 +115,7 @@ class TuneRequest:
     cores: int | None = None
     pruner: Literal["median", "none"] = "median"
     prune_startup_trials: int = 5
-    prune_warmup_steps: int = 0
+    prune_warmup_steps: int = 1
     memory_budget: int = DEFAULT_MEMORY_BUDGET
     command: str | None = None
     verbose: bool = True
@@ -195,6 +197,8 @@ def plan(request: TuneRequest) -> _Plan:
         raise UserError(f"--max-fit-s {r.max_fit_s}: the fit-time cap must be a number > 0")
     if r.cores is not None and r.cores < 1:
         raise UserError(f"cores {r.cores}: the thread budget must be >= 1")
+    if r.prune_warmup_steps < 0:
+        raise UserError(f"--prune-warmup-steps {r.prune_warmup_steps}: give a step >= 0")
     if r.samples < 1:
         raise UserError(f"--samples {r.samples}: the number of sampled networks must be >= 1")
     if r.executor not in ("local", "ray"):
@@ -675,6 +679,7 @@ def tune_command(args: argparse.Namespace, *, command_line: str) -> TuneResult:
             data_root=args.data_root,
             ray_address=args.ray_address,
             pruner=args.pruner,
+            prune_warmup_steps=args.prune_warmup_steps,
             command=command_line,
         )
     )

@@ -57,7 +57,7 @@ class PruneSettings:
     direction: Literal["minimize", "maximize"]
     key: str
     n_startup_trials: int = 5
-    n_warmup_steps: int = 0
+    n_warmup_steps: int = 1
     interval_steps: int = 1
     #: ``optuna.trial.FrozenTrial`` of every COMPLETE trial at dispatch time.
     finished: tuple[Any, ...] = ()
