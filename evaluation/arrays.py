@@ -9,8 +9,8 @@ sees half a file.
 
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,24 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from uqbench.errors import UserError
+from uqbench.files import atomic_write
 
 _LEGACY_SEPARATOR = "__"
 
 
 def save_arrays(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> Path:
     """Write ``arrays`` to a compressed ``.npz`` at ``path`` atomically; returns the path."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.npz")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez_compressed(handle, **{k: np.asarray(v) for k, v in arrays.items()})
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **{k: np.asarray(v) for k, v in arrays.items()})
+    return atomic_write(path, buffer.getvalue())
 
 
 def load_arrays(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:

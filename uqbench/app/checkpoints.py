@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from uqbench.errors import UserError
+from uqbench.files import atomic_write
 
 
 def state_bytes(state: dict, *, owner: str) -> bytes:
@@ -37,24 +37,16 @@ def state_bytes(state: dict, *, owner: str) -> bytes:
 
 
 def save_checkpoint(path: str | os.PathLike[str], spec: dict[str, Any], state: dict) -> Path:
-    """Write a checkpoint atomically (temporary file unique to this process, then rename).
+    """Write a checkpoint atomically (:func:`uqbench.files.atomic_write`).
 
     A write that fails (e.g. a full disk) leaves no temporary file behind and raises a
     :class:`UserError` naming the file and the reason.
     """
     path = Path(path)
     data = state_bytes({"spec": spec, "state": state}, owner=str(spec.get("method", "?")))
-    tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".pt.tmp")
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, data)
     except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         raise UserError(
             f"cannot write checkpoint {path} ({exc.strerror or exc}); free space or choose "
             "another --out, then re-run: finished cells are kept"

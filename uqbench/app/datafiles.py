@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+
+from uqbench.files import atomic_write
 
 CACHE_NAME = ".file-hashes.json"
 _CHUNK = 1 << 20
@@ -78,10 +79,7 @@ class FileHashes:
         return out
 
     def save(self) -> None:
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f"{self.path.name}.")
-        with os.fdopen(fd, "w") as handle:
-            json.dump(self._cache, handle, indent=1, sort_keys=True)
-        os.replace(tmp, self.path)
+        atomic_write(self.path, json.dumps(self._cache, indent=1, sort_keys=True).encode())
 
 
 def why_changed(stored: dict[str, str], current: dict[str, str]) -> str | None:

@@ -31,6 +31,7 @@ from uqbench.app.runner import CellOutcome, spec_as_dict
 from uqbench.app.store import CellRecord, ResultsStore
 from uqbench.errors import UserError
 from uqbench.evaluation import arrays as arrays_io
+from uqbench.files import atomic_write
 
 STORE_NAME = "results.sqlite"
 CONFIG_NAME = "config.json"
@@ -68,21 +69,10 @@ def prepare_out_dir(path: Path) -> Path:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file unique to this process and rename, so a reader never sees
-    half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``text`` atomically (:func:`uqbench.files.atomic_write`); a UserError if not."""
     try:
-        # mkstemp creates the file 0600; give it the mode of any new file (umask applied).
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, text.encode())
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise UserError(f"cannot write {path} ({exc.strerror or exc})") from None
 
 
