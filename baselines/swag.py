@@ -30,11 +30,16 @@ Departures from the paper, and why:
 - Burn-in schedule: the paper starts from a conventionally pre-trained network; here the
   B burn-in epochs train it from the target's initialisation with SWA's schedule
   (α for the first half, then linear decay to α_SWA), so the whole fit is one call.
-- Batch normalisation: the paper recomputes batch-norm statistics for every sampled
-  network. uqbench's samples carry parameters only (the harness shares the target's
-  buffers across networks), and none of its targets has batch-norm, so a target with
-  batch-norm layers is refused with a :class:`UserError` instead of silently scoring
-  every sample with one set of statistics.
+- Batch normalisation: as in the paper, every sampled network (and the SWA mean) gets its
+  own batch-norm statistics: its running means and variances are reset and recomputed as
+  the plain average over one train-mode pass (minibatches of ``batch_size``) and
+  returned with its weights (the sampler contract's per-network statistics). The pass
+  reads a fixed subset of ``bn_examples`` training inputs, drawn once per fit and kept in
+  the state, instead of the authors' whole training set: the cost per sampled network is
+  one forward pass over ``bn_examples`` inputs, and the subset lets ``sample`` run after
+  ``load_state_dict`` without the data (0 keeps the whole training set). The batch-norm
+  layers' affine weights are sampled with the other parameters. Targets without
+  batch-norm are unaffected.
 
 ``val`` (when given) is scored every epoch — the current iterate's NLL, and the SWA
 mean's once collection has begun — and reported through ``progress(..., val_nll=...,
@@ -74,7 +79,7 @@ from uqbench.configs import (
 )
 from uqbench.errors import UserError
 from uqbench.sampler import PointView, Progress, Task, WeightSampler
-from uqbench.targets import reinitialised
+from uqbench.targets import batch_norm_statistics, reinitialised
 from uqbench.training import (
     as_tensors,
     check_finite,
@@ -113,6 +118,9 @@ class SWAGConfig(CheckedConfig):
     covariance: str = setting("lowrank", check=one_of("lowrank", "diag"))
     #: Variance scale s of the samples (the authors' experiments: 0.5).
     scale: float = setting(0.5, check=positive, search=Uniform(0.1, 1.0))
+    #: Training inputs each sampled network's batch-norm statistics are recomputed on
+    #: (0 = the whole training set, the authors' choice); unused without batch-norm.
+    bn_examples: int = setting(2048, check=at_least(0))
 
     def check_together(self) -> None:
         require(
@@ -133,6 +141,7 @@ class SWAG(WeightSampler[SWAGConfig]):
 
     name: ClassVar[str] = "swag"
     Config: ClassVar[type] = SWAGConfig
+    batch_norm: ClassVar[bool] = True
     presets: ClassVar[dict[str, dict[str, Any]]] = {
         # toy1d has no validation split: of lr 1e-3, 3e-3, 1e-2 (swa_lr about half), the one
         # with the lowest training loss (1.56, 1.45, 1.35; the laplace MAP net: 1.40).
@@ -157,18 +166,14 @@ class SWAG(WeightSampler[SWAGConfig]):
         device: str | torch.device = "cpu",
     ) -> None:
         super().__init__(target, config, task=task, device=device)
-        batch_norms = [
-            n for n, m in target.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-        ]
-        if batch_norms:
-            raise UserError(
-                f"swag: the target has batch-norm layers ({', '.join(batch_norms)}); uqbench's "
-                "samples carry parameters only, so per-sample batch-norm statistics cannot "
-                "reach the harness — use a target without batch-norm"
-            )
+        #: Names of the target's batch-norm statistics (empty without batch-norm).
+        self.statistics = batch_norm_statistics(self.target)
         self.mean: Tensor | None = None
         self.sq_mean: Tensor | None = None
         self.deviations: Tensor | None = None
+        #: The training inputs batch-norm statistics are recomputed on (None without
+        #: batch-norm).
+        self.bn_inputs: Tensor | None = None
 
     # --- fit -------------------------------------------------------------------------
     def fit(
@@ -217,9 +222,13 @@ class SWAG(WeightSampler[SWAGConfig]):
         Deterministic given ``seed``; :meth:`fit` consumes exactly this sequence.
         """
         cfg = self.config
-        seeds = derive_seeds(seed, ("init", "data"))
+        seeds = derive_seeds(seed, ("init", "data", "batch_norm"))
         x, y = (t.to(self.device) for t in as_tensors(train))
         xv, yv = (None, None) if val is None else (t.to(self.device) for t in as_tensors(val))
+        if self.statistics:
+            keep = len(x) if cfg.bn_examples == 0 else min(cfg.bn_examples, len(x))
+            pick = torch.randperm(len(x), generator=seeded_generator(seeds["batch_norm"]))
+            self.bn_inputs = x[pick[:keep].to(x.device)].cpu()
         net = reinitialised(self.target, seeds["init"], self.device)
         order = seeded_generator(seeds["data"])
         batch = min(cfg.batch_size, len(x))
@@ -274,9 +283,41 @@ class SWAG(WeightSampler[SWAGConfig]):
         return cfg.lr + (cfg.swa_lr - cfg.lr) * min(1.0, max(0.0, 2 * done - 1))
 
     def _network(self, flat: Tensor) -> nn.Module:
+        """The target with weights ``flat`` and, with batch-norm, statistics recomputed."""
         net = copy.deepcopy(self.target)
         vector_to_parameters(flat.to(self.device), net.parameters())
+        if self.statistics:
+            self._recompute_statistics(net)
         return net
+
+    @torch.no_grad()
+    def _recompute_statistics(self, net: nn.Module) -> None:
+        """Reset ``net``'s batch-norm statistics to the plain average over one train-mode
+        pass of :attr:`bn_inputs` (minibatches of ``batch_size``, the SWAG recipe)."""
+        if self.bn_inputs is None:
+            raise UserError("swag is not fitted; call fit or load a checkpoint first")
+        layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        momenta = [m.momentum for m in layers]
+        for m in layers:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the pass
+        net.train()
+        x = self.bn_inputs
+        for start in range(0, len(x), self.config.batch_size):
+            net(x[start : start + self.config.batch_size].to(self.device))
+        for m, momentum in zip(layers, momenta, strict=True):
+            m.momentum = momentum
+        net.eval()
+
+    def _weights(self, flat: Tensor) -> dict[str, Tensor]:
+        """The networks ``flat`` (``[n, d]``) as a weight dict, with every network's own
+        batch-norm statistics where the target has batch-norm."""
+        weights = self._unflatten(flat.to(self.device))
+        if not self.statistics:
+            return weights
+        nets = [dict(self._network(row).named_buffers()) for row in flat]
+        statistics = {k: torch.stack([net[k].detach() for net in nets]) for k in self.statistics}
+        return {**weights, **statistics}
 
     @torch.no_grad()
     def _nll(self, net: nn.Module, x: Tensor, y: Tensor) -> float:
@@ -313,26 +354,31 @@ class SWAG(WeightSampler[SWAGConfig]):
             z2 = torch.randn(n, len(dev), generator=generator)
             offset = (std * z1 + z2 @ dev / math.sqrt(len(dev) - 1)) / math.sqrt(2.0)
         flat = mean + math.sqrt(self.config.scale) * offset
-        return self._unflatten(flat.to(self.device))
+        return self._weights(flat)
 
     def swa_weights(self) -> dict[str, Tensor]:
-        """The SWA mean network: name -> tensor on ``self.device``."""
+        """The SWA mean network (with its batch-norm statistics where the target has
+        batch-norm): name -> tensor on ``self.device``."""
         mean, _, _ = self._fitted()
-        return {k: v[0] for k, v in self._unflatten(mean.unsqueeze(0).to(self.device)).items()}
+        return {k: v[0] for k, v in self._weights(mean.unsqueeze(0)).items()}
 
     def reference_views(self) -> dict[str, WeightSampler]:
         """The SWA mean network: the table row ``swag:swa``."""
         return {"swa": PointView(self, self.swa_weights)}
 
     def state_dict(self) -> dict:
-        """θ_SWA, the mean of squares, D (``[K, d]``) and the config (tensors, numbers)."""
+        """θ_SWA, the mean of squares, D (``[K, d]``), the config (tensors, numbers) and,
+        with batch-norm, the inputs its statistics are recomputed on."""
         mean, sq_mean, dev = self._fitted()
-        return {
+        state = {
             "mean": mean.cpu(),
             "sq_mean": sq_mean.cpu(),
             "deviations": dev.cpu(),
             "config": dataclasses.asdict(self.config),
         }
+        if self.bn_inputs is not None:
+            state["bn_inputs"] = self.bn_inputs.cpu()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         dim = sum(math.prod(s) for s in self.param_shapes().values())
@@ -345,6 +391,12 @@ class SWAG(WeightSampler[SWAGConfig]):
         self.mean = state["mean"].float()
         self.sq_mean = state["sq_mean"].float()
         self.deviations = state["deviations"].float()
+        self.bn_inputs = state.get("bn_inputs")
+        if self.statistics and self.bn_inputs is None:
+            raise UserError(
+                "swag checkpoint holds no batch-norm inputs but the target has batch-norm; "
+                "load it with the target it was trained with"
+            )
 
     def _diag_variance(self) -> Tensor:
         mean, sq_mean, _ = self._fitted()

@@ -164,7 +164,9 @@ def _evaluate(
     else:
         _regression(result, test_outputs, x_test, y_test, data)
     per_network = test_log_probs.double().exp() if data.task.is_classification else None
-    result.metrics.update(M.diversity_at(per_network, weights))
+    # Diversity in weight space is over the parameters (not batch-norm statistics).
+    params = {k: weights[k] for k, _ in target.named_parameters()}
+    result.metrics.update(M.diversity_at(per_network, params))
     result.metrics["n_samples"] = float(n)
     result.metrics["sample_eval_s"] = elapsed
     result.metrics.update({k: float(v) for k, v in sampler.extra_metrics.items()})

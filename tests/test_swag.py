@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 from collections import OrderedDict
 
 import pytest
@@ -13,10 +14,12 @@ from torch.utils.data import TensorDataset
 
 from uqbench.baselines.swag import SWAG, SWAGConfig
 from uqbench.errors import FitDiverged, UserError
+from uqbench.evaluation.harness import evaluate
 from uqbench.functional import batched_predict
 from uqbench.registry import load_method
 from uqbench.testing import (
     check_sampler_contract,
+    check_samples,
     make_tiny_sampler,
     tiny_benchmark,
     tiny_images,
@@ -120,13 +123,91 @@ def test_bad_input_and_divergence():
         SWAGConfig(epochs=5, burn_in=5)
     with pytest.raises(UserError, match="swag.scale"):
         SWAGConfig(scale=0.0)
-    bn = nn.Sequential(
-        OrderedDict(fc=nn.Linear(1, 4), bn=nn.BatchNorm1d(4, affine=False), out=nn.Linear(4, 1))
-    )
-    with pytest.raises(UserError, match="batch-norm"):
-        SWAG(bn)
+    with pytest.raises(UserError, match="swag.bn_examples"):
+        SWAGConfig(bn_examples=-1)
     with pytest.raises(UserError, match="not fitted"):
         make_tiny_sampler(SWAG, overrides=TINY).sample(2)
     x, y = tiny_regression().tensors
     with pytest.raises(FitDiverged, match="SGD"):
         _regression_swag().fit(TensorDataset(x, torch.full_like(y, float("nan"))), seed=0)
+
+
+# --- batch normalisation -------------------------------------------------------------
+
+
+def _bn_target() -> nn.Sequential:
+    """The tiny CNN with a batch-norm layer after its convolution."""
+    return nn.Sequential(
+        OrderedDict(
+            conv=nn.Conv2d(1, 4, 3),
+            bn=nn.BatchNorm2d(4),
+            act=nn.ReLU(),
+            pool=nn.MaxPool2d(2),
+            flatten=nn.Flatten(),
+            fc=nn.Linear(4 * 5 * 5, 3),
+        )
+    )
+
+
+@pytest.fixture(scope="module")
+def bn_swag() -> SWAG:
+    data = tiny_benchmark()
+    torch.manual_seed(0)
+    # 96 inputs in batches of 32: the average of the batch means is the overall mean
+    config = dataclasses.replace(SWAGConfig(**TINY), bn_examples=96)
+    swag = SWAG(_bn_target(), config, task=data.task)
+    swag.fit(data.train, seed=0, val=data.val)
+    return swag
+
+
+def test_batch_norm_statistics_are_recomputed_for_every_sampled_network(bn_swag: SWAG):
+    draw = bn_swag.sample(3, generator=torch.Generator().manual_seed(0))
+    check_samples(draw, bn_swag.target, 3, device="cpu", label="swag")
+    assert bn_swag.bn_inputs is not None and bn_swag.bn_inputs.shape[0] == 96
+    for k in range(3):
+        # by hand: the conv outputs of network k on the 96 inputs, per channel
+        h = torch.nn.functional.conv2d(
+            bn_swag.bn_inputs, draw["conv.weight"][k], draw["conv.bias"][k]
+        )
+        per_batch = h.reshape(3, 32, 4, -1).transpose(1, 2).reshape(3, 4, -1)
+        torch.testing.assert_close(draw["bn.running_mean"][k], h.mean((0, 2, 3)), atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            draw["bn.running_var"][k], per_batch.var(-1, correction=1).mean(0), atol=1e-5, rtol=1e-5
+        )
+    spread = draw["bn.running_mean"].std(0)
+    assert bool((spread > 0).all())  # each network has its own statistics
+
+
+def test_the_harness_scores_each_network_with_its_own_statistics(bn_swag: SWAG):
+    draw = bn_swag.sample(3, generator=torch.Generator().manual_seed(1))
+    x = tiny_images(20, seed=5).tensors[0]
+    outputs = batched_predict(bn_swag.target, draw, x)
+    for k in range(3):
+        net = _bn_target()
+        net.load_state_dict({name: v[k] for name, v in draw.items()}, strict=False)
+        torch.testing.assert_close(outputs[k], net.eval()(x), atol=1e-5, rtol=1e-5)
+
+
+def test_batch_norm_swag_round_trips_and_scores_end_to_end(bn_swag: SWAG):
+    buffer = io.BytesIO()
+    torch.save(bn_swag.state_dict(), buffer)
+    buffer.seek(0)
+    fresh = SWAG(_bn_target(), bn_swag.config, task=bn_swag.task)
+    fresh.load_state_dict(torch.load(buffer, weights_only=True))
+    a = bn_swag.sample(2, generator=torch.Generator().manual_seed(3))
+    b = fresh.sample(2, generator=torch.Generator().manual_seed(3))
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name])
+    data = dataclasses.replace(tiny_benchmark(), make_target=_bn_target)
+    result = evaluate(bn_swag, data, n_samples=8, seed=0)
+    assert result.metrics["acc"] > 0.9 and result.metrics["swa:acc"] > 0.9
+
+
+def test_methods_without_batch_norm_support_refuse_such_a_target():
+    with pytest.raises(UserError, match="ensemble: the target has batch-norm layers \\(bn\\)"):
+        load_method("ensemble")(_bn_target())
+    swag = SWAG(_bn_target())
+    draw = {k: v.unsqueeze(0) for k, v in swag.target.named_parameters()}
+    with pytest.raises(UserError, match="missing batch-norm statistic bn.running_mean"):
+        check_samples(draw, swag.target, 1, device="cpu", label="swag")

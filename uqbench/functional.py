@@ -8,6 +8,7 @@ inputs (and, if needed, the networks) against a byte budget.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +31,7 @@ def stacked_forward(target: nn.Module, weights: dict[str, Tensor], x: Tensor) ->
     """
     if fast_forward.preferred(target, weights, x):
         return fast_forward.fast_stacked_forward(target, weights, x)
-    buffers = dict(target.named_buffers())
+    buffers = _shared_buffers(target, weights)
 
     def one(params: dict[str, Tensor], inputs: Tensor) -> Tensor:
         return functional_call(target, (params, buffers), (inputs,))
@@ -40,12 +41,18 @@ def stacked_forward(target: nn.Module, weights: dict[str, Tensor], x: Tensor) ->
 
 def stacked_forward_per_net(target: nn.Module, weights: dict[str, Tensor], x: Tensor) -> Tensor:
     """Outputs ``[n, B, ...]`` where network k sees its own inputs ``x[k]`` (``x: [n, B, ...]``)."""
-    buffers = dict(target.named_buffers())
+    buffers = _shared_buffers(target, weights)
 
     def one(params: dict[str, Tensor], inputs: Tensor) -> Tensor:
         return functional_call(target, (params, buffers), (inputs,))
 
     return vmap(one, in_dims=(0, 0))(weights, x)
+
+
+def _shared_buffers(target: nn.Module, weights: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The target's buffers that ``weights`` does not give per network (e.g. batch-norm
+    statistics a sampler recomputed for each network are taken from ``weights``)."""
+    return {k: v for k, v in target.named_buffers() if k not in weights}
 
 
 def activation_floats_per_example(target: nn.Module, example: Tensor) -> int:
@@ -69,8 +76,25 @@ def batched_predict(
     """Outputs ``[n, N, ...]`` of all n networks on all N inputs, within ``memory_budget`` bytes.
 
     Inputs are moved to the weights' device chunk by chunk; ``transform`` (e.g. softmax)
-    is applied per chunk so only its result is kept.
+    is applied per chunk so only its result is kept. The target runs in evaluation mode
+    (batch-norm normalises with each network's statistics, not the batch's) and is put
+    back in the mode it had.
     """
+    was_training = target.training
+    target.eval()
+    try:
+        return _predict_in_chunks(target, weights, x, memory_budget, transform)
+    finally:
+        target.train(was_training)
+
+
+def _predict_in_chunks(
+    target: nn.Module,
+    weights: dict[str, Tensor],
+    x: Tensor,
+    memory_budget: int,
+    transform: Callable[[Tensor], Tensor] | None,
+) -> Tensor:
     n = next(iter(weights.values())).shape[0]
     device = next(iter(weights.values())).device
     per_example = activation_floats_per_example(target, x[:1].to(device)) * 4

@@ -4,6 +4,12 @@ A fitted :class:`WeightSampler` draws ``n`` whole weight sets at once as a dict
 ``parameter name -> Tensor[n, *param.shape]``, keyed exactly like
 ``target.named_parameters()``. The harness runs those ``n`` networks in one vmapped call
 (:func:`uqbench.functional.stacked_forward`); no method evaluates networks itself.
+
+A target with batch-norm layers normalises with running statistics that depend on each
+network's weights, so for such a target the dict also carries every network's running
+means and variances (``bn.running_mean -> Tensor[n, C]``, the names of
+:func:`uqbench.targets.batch_norm_statistics`). Only methods that produce them declare
+``batch_norm = True``; the others refuse the target when they are built.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from uqbench.errors import UserError
+from uqbench.targets import batch_norm_statistics
 
 #: The config dataclass type of a sampler (``WeightSampler[MyConfig]``).
 ConfigT = TypeVar("ConfigT")
@@ -62,6 +69,9 @@ class WeightSampler(ABC, Generic[ConfigT]):
     max_samples: int | None = None
     #: Benchmark name -> config overrides tuned for it, applied before the user's ``--set``.
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: Whether ``sample`` returns per-network batch-norm statistics (see the module), so
+    #: that a target with batch-norm layers is scored correctly; False refuses one.
+    batch_norm: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -71,6 +81,14 @@ class WeightSampler(ABC, Generic[ConfigT]):
         task: Task | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
+        statistics = batch_norm_statistics(target)
+        if statistics and not self.batch_norm:
+            layers = sorted({name.rsplit(".", 1)[0] for name in statistics})
+            raise UserError(
+                f"{self.name}: the target has batch-norm layers ({', '.join(layers)}) and "
+                f"{self.name} does not produce per-network batch-norm statistics; use a "
+                "target without batch-norm or a method that handles it (swag)"
+            )
         self.target = target.to(device)
         self.config: ConfigT = config if config is not None else self.Config()
         self.task = task if task is not None else Task()
@@ -251,6 +269,8 @@ class PointView(WeightSampler):
     name: ClassVar[str] = "point-view"
     Config: ClassVar[type] = dict
     max_samples = 1
+    #: A view returns what its owner's weights hold (statistics included where it has them).
+    batch_norm: ClassVar[bool] = True
 
     def __init__(
         self, owner: WeightSampler, weights: dict[str, Tensor] | Callable[[], dict[str, Tensor]]

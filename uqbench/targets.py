@@ -2,7 +2,9 @@
 
 Parameter names (``conv1.weight`` ...) are the keys of every sample. A user's own target is
 any ``nn.Module`` made of parametric ``nn.Linear`` / ``nn.Conv2d`` layers and
-parameter-free modules (activations, pooling, flatten).
+parameter-free modules (activations, pooling, flatten). A target with batch-norm layers
+is accepted by the methods that recompute the layers' statistics for every sampled
+network (:attr:`uqbench.sampler.WeightSampler.batch_norm`: SWAG) and refused by the rest.
 """
 
 from __future__ import annotations
@@ -84,6 +86,21 @@ def parametric_layers(target: nn.Module) -> list[tuple[str, nn.Linear | nn.Conv2
             "uqbench samples only Linear and Conv2d weights — remove or freeze those layers"
         )
     return layers
+
+
+def batch_norm_statistics(target: nn.Module) -> list[str]:
+    """Names of the running means and variances of ``target``'s batch-norm layers.
+
+    In evaluation mode these buffers, not the batch, normalise the inputs, so each sampled
+    network needs its own (a network's statistics depend on its weights). Empty for a
+    target without batch-norm or whose batch-norm layers track no running statistics.
+    """
+    names = []
+    for prefix, module in target.named_modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            dot = f"{prefix}." if prefix else ""
+            names += [f"{dot}running_mean", f"{dot}running_var"]
+    return names
 
 
 def leaf_outputs(target: nn.Module, example: Tensor) -> list[tuple[nn.Module, Tensor]]:

@@ -27,6 +27,7 @@ from uqbench.data.benchmark import BenchmarkData
 from uqbench.errors import UserError
 from uqbench.functional import stacked_forward
 from uqbench.sampler import Task, WeightSampler
+from uqbench.targets import batch_norm_statistics
 from uqbench.training import as_tensors
 
 TINY_IMAGE = 12
@@ -145,19 +146,26 @@ def check_samples(
 ) -> None:
     """Raise a UserError unless ``draw`` is what ``sample(n)`` must return for ``target``.
 
-    The contract: a dict with exactly the names of ``target.named_parameters()``, each a
-    tensor of shape ``[n, *param.shape]``, of the parameter's dtype, on ``device``, and
-    finite. The message names ``label`` (the method, e.g. ``apd:teacher``) and the first
-    offending parameter. The harness runs this on every draw before scoring it, so a
-    missing parameter is never filled in with the target's initial weight.
+    The contract: a dict with exactly the names of ``target.named_parameters()`` (and,
+    for a target with batch-norm, of its running statistics:
+    :func:`uqbench.targets.batch_norm_statistics`), each a tensor of shape
+    ``[n, *tensor.shape]``, of the target tensor's dtype, on ``device``, and finite. The
+    message names ``label`` (the method, e.g. ``apd:teacher``) and the first offending
+    entry. The harness runs this on every draw before scoring it, so a missing parameter
+    (or statistic) is never filled in with the target's own.
     """
     call = f"{label}.sample({n})"
     if not isinstance(draw, dict):
         raise UserError(f"{call} returned {type(draw).__name__}; it must return a dict")
-    params = dict(target.named_parameters())
+    buffers = dict(target.named_buffers())
+    params = {
+        **dict(target.named_parameters()),
+        **{k: buffers[k] for k in batch_norm_statistics(target)},
+    }
     for name in params:
         if name not in draw:
-            raise UserError(f"{call} is missing parameter {name}")
+            what = "parameter" if name not in buffers else "batch-norm statistic"
+            raise UserError(f"{call} is missing {what} {name}")
     for name in draw:
         if name not in params:
             raise UserError(
