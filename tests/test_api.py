@@ -125,6 +125,41 @@ def test_presets_apply_after_builtin_and_before_sets(tmp_path):
     assert config["presets"] == str(presets)
 
 
+def test_built_in_tuned_presets_apply_without_presets_and_none_turns_them_off(
+    tmp_path, monkeypatch
+):
+    from uqbench.app import presets as presets_module
+
+    monkeypatch.setattr(presets_module, "TUNED_DIR", tmp_path / "tuned")
+    (tmp_path / "tuned").mkdir()
+    built_in = _presets(
+        tmp_path / "tuned" / f"{BENCH}.json", {"ensemble": {"config": {"lr": 0.03}}}
+    )
+    sets = {"ensemble": {"members": 2, "epochs": 1}}
+    result = uqbench.compare(_request(tmp_path / "a", sets=sets))
+    config = json.loads((result.out / "config.json").read_text())
+    assert config["methods"]["ensemble"]["lr"] == 0.03
+    assert config["presets"].startswith(f"built-in:{built_in.name} (sha256 ")
+    result = uqbench.compare(_request(tmp_path / "b", sets=sets, presets="none"))
+    config = json.loads((result.out / "config.json").read_text())
+    assert config["methods"]["ensemble"]["lr"] != 0.03 and config["presets"] is None
+
+
+def test_packaged_tuned_presets_are_the_committed_tune_records():
+    """Every built-in presets file is byte for byte results/presets/<benchmark>.json, the
+    file its recorded tune commands wrote (results/reproduce.sh protocol)."""
+    from pathlib import Path
+
+    from uqbench.app.presets import TUNED_DIR, read_presets
+
+    records = Path(__file__).resolve().parents[1] / "results" / "presets"
+    packaged = sorted(TUNED_DIR.glob("*.json"))
+    assert {p.name for p in packaged} >= {"mnist5000.json"}
+    for path in packaged:
+        assert path.read_bytes() == (records / path.name).read_bytes(), path.name
+        assert read_presets(path).benchmark == path.stem
+
+
 @pytest.mark.parametrize(
     ("methods", "words"),
     [

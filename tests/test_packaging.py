@@ -50,6 +50,7 @@ def test_wheel_installs_and_imports_every_module(tmp_path: Path) -> None:
     assert "uqbench/baselines/mnf.py" in files
     assert "uqbench/evaluation/metrics.py" in files
     assert "uqbench/app/cli.py" in files
+    assert "uqbench/app/tuned_presets/mnist5000.json" in files  # the built-in tuned presets
     site = tmp_path / "site"
     subprocess.run(
         [

@@ -58,7 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--presets",
         default=None,
         metavar="FILE",
-        help="presets file from `uqbench tune`, applied after built-in presets, before --set",
+        help="presets file from `uqbench tune`, applied after each method's own presets and "
+        "before --set; default: the benchmark's built-in tuned presets where it has them "
+        "(uqbench/app/tuned_presets); 'none' applies none",
     )
     compare.add_argument("--out", default=None, help="output folder (default runs/<benchmark>)")
     compare.add_argument("--executor", choices=("local", "ray"), default="local")
@@ -311,6 +313,13 @@ def list_everything() -> None:
     print("benchmarks:")
     for name, description in benchmarks:
         show(f"  {name:<{name_w}}  {description}")
+    from uqbench.app.presets import built_in_presets, read_presets
+
+    tuned = [(b, built_in_presets(b)) for b, _ in benchmarks]
+    print("built-in tuned presets (compare applies them unless --presets is given):")
+    for name, path in tuned:
+        if path is not None:
+            show(f"  {name:<{name_w}}  {', '.join(sorted(read_presets(path).methods))}")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -13,6 +13,7 @@ fails is recorded as failed with its reason; the other cells still run.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -136,7 +137,17 @@ def _check_benchmark(name: str) -> None:
         raise UserError(f"unknown benchmark {name!r}; known: {', '.join(sorted(BENCHMARKS))}")
 
 
-def _presets_overrides(path: str | Path | None, benchmark: str) -> dict[str, dict[str, Any]]:
+def _presets_file(presets: str | Path | None, benchmark: str) -> Path | None:
+    """The presets file a compare applies: the given one, the benchmark's built-in tuned
+    presets when none is given, or none for ``--presets none``."""
+    from uqbench.app.presets import NO_PRESETS, built_in_presets
+
+    if presets is None:
+        return built_in_presets(benchmark)
+    return None if str(presets) == NO_PRESETS else Path(presets)
+
+
+def _presets_overrides(path: Path | None, benchmark: str) -> dict[str, dict[str, Any]]:
     """Each method's tuned settings from a presets file (empty without one), checked
     against every registered method's config fields."""
     if path is None:
@@ -151,6 +162,18 @@ def _presets_overrides(path: str | Path | None, benchmark: str) -> dict[str, dic
     }
     check_presets(presets, benchmark, known, path)
     return {m: presets.config_of(m) for m in presets.methods}
+
+
+def _describe_presets(path: Path | None, given: str | Path | None) -> str | None:
+    """How config.json names the presets applied: the file given, or the built-in one as
+    ``built-in:<file name>`` with its SHA-256 prefix (the packaged file can change with
+    the installed version); None when none was applied."""
+    if path is None:
+        return None
+    if given is not None:
+        return str(given)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    return f"built-in:{path.name} (sha256 {digest})"
 
 
 def _available_memory_bytes() -> int | None:
@@ -236,8 +259,9 @@ class _Plan:
         self.ood_limit = _check_ood_limit(r.ood_limit)
         _check_benchmark(r.benchmark)
         self.benchmark = r.benchmark
-        tuned = _presets_overrides(r.presets, r.benchmark)
-        self.presets = None if r.presets is None else str(r.presets)
+        presets_file = _presets_file(r.presets, r.benchmark)
+        tuned = _presets_overrides(presets_file, r.benchmark)
+        self.presets = _describe_presets(presets_file, r.presets)
         self.classes = {m: load_method(m) for m in self.methods}
         self.configs = {
             m: config_as_dict(

@@ -19,6 +19,12 @@ Each tuned method has its own entry, so methods tuned by separate commands share
 and the budget of each is recorded beside its result. ``compare`` applies a method's
 ``config`` after the method's built-in preset and before ``--set``.
 
+The built-in presets of a benchmark come from such tune runs: ``compare`` without
+``--presets`` applies the packaged file ``uqbench/app/tuned_presets/<benchmark>.json`` (a
+verbatim copy of ``results/presets/<benchmark>.json``, the committed record of the tune
+commands) where one exists; ``--presets none`` applies none, leaving each method's own
+defaults (e.g. the paper's HyperGAN at its 2,000 steps).
+
 An ablation or variant can take another method's tuned entry unchanged (an ablation
 changes one thing): ``python -m uqbench.app.presets inherit FILE hypergan
 hypergan-nodisc`` copies hypergan's entry to hypergan-nodisc, marked ``inherited_from``.
@@ -38,6 +44,16 @@ from uqbench.app.outputs import atomic_write_text
 from uqbench.errors import UserError
 
 FORMAT = 1
+#: ``--presets`` value that applies no presets file, not even the built-in one.
+NO_PRESETS = "none"
+#: Folder of the packaged tuned presets, one ``<benchmark>.json`` each.
+TUNED_DIR = Path(__file__).with_name("tuned_presets")
+
+
+def built_in_presets(benchmark: str) -> Path | None:
+    """The packaged tuned presets file of ``benchmark``, or None where it has none."""
+    path = TUNED_DIR / f"{benchmark}.json"
+    return path if path.is_file() else None
 
 
 @dataclass

@@ -46,8 +46,10 @@ class CompareRequest:
 
     ``sets``: method -> setting -> value, applied last (values may be strings, as on the
     command line, or typed). ``presets``: a presets file written by ``uqbench tune``,
-    applied after each method's built-in preset and before ``sets``. ``out``: the output
-    folder (default ``runs/<benchmark>``); a re-run into it skips finished cells.
+    applied after each method's own preset and before ``sets``; None applies the
+    benchmark's built-in tuned presets where it has them, ``"none"`` no file at all.
+    ``out``: the output folder (default ``runs/<benchmark>``); a re-run into it skips
+    finished cells.
     ``ood``: extra OOD sets, name -> IDX file or image folder. ``ood_limit``: score at
     most this many images of each OOD set (a fixed random subset, recorded in
     ``split_info``). ``cell_timeout_s``: stop a cell (fit and evaluation) that runs
