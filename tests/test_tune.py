@@ -511,6 +511,31 @@ def test_presets_inherit_copies_a_tuned_entry_marked_as_inherited(tmp_path, caps
     assert path.read_text() == before
 
 
+def test_presets_transfer_keeps_the_tuned_knobs_with_new_lengths(tmp_path, capsys):
+    from uqbench.app.presets import main as presets_main
+    from uqbench.app.presets import write_method_entry
+
+    small, large = tmp_path / "small.json", tmp_path / "large.json"
+    tuned = {"config": {"lr": 0.01}, "set": {"epochs": 3, "batch_size": 8}, "best_value": 0.2}
+    write_method_entry(small, "tiny-val", "tunetoy", tuned)
+    write_method_entry(small, "tiny-val", "copy", {**tuned, "inherited_from": "tunetoy"})
+    args = ["transfer", str(small), str(large), "--benchmark", "tiny-large"]
+    assert presets_main([*args, "--set", "tunetoy.epochs=20"]) == 0
+    presets = read_presets(large)
+    assert presets.benchmark == "tiny-large" and set(presets.methods) == {"tunetoy"}
+    assert presets.config_of("tunetoy") == {"lr": 0.01, "epochs": 20, "batch_size": 8}
+    origin = presets.methods["tunetoy"]["transferred_from"]
+    assert origin == {"benchmark": "tiny-val", "file": str(small)}
+    before = large.read_text()
+    # A length for a method not transferred, a bad --set, a same-benchmark target: refused.
+    assert presets_main([*args, "--set", "nosuch.epochs=2"]) == 2
+    assert presets_main([*args, "--set", "epochs"]) == 2
+    assert presets_main(["transfer", str(small), str(large), "--benchmark", "tiny-val"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 3 and "nosuch" in err[0] and "METHOD.KEY=VALUE" in err[1], err
+    assert large.read_text() == before
+
+
 def test_the_pruner_never_acts_on_a_report_before_the_first_step():
     """A score at step 0 is the untrained network's: pruning on it would stop trials on
     initialisation noise."""

@@ -28,6 +28,12 @@ defaults (e.g. the paper's HyperGAN at its 2,000 steps).
 An ablation or variant can take another method's tuned entry unchanged (an ablation
 changes one thing): ``python -m uqbench.app.presets inherit FILE hypergan
 hypergan-nodisc`` copies hypergan's entry to hypergan-nodisc, marked ``inherited_from``.
+
+A larger benchmark of the same kind can take a smaller one's tuned knobs with its own
+training lengths, where tuning it at full size does not fit the budget:
+``python -m uqbench.app.presets transfer presets/mnist5000.json presets/mnist.json
+--benchmark mnist --set ensemble.epochs=8`` writes each entry of the first file to the
+second with ``set`` updated, marked ``transferred_from`` (the source benchmark and file).
 """
 
 from __future__ import annotations
@@ -158,17 +164,82 @@ def inherit(path: str | os.PathLike[str], source: str, targets: list[str]) -> Pr
     return presets
 
 
+def transfer(
+    source: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    benchmark: str,
+    lengths: dict[str, dict[str, Any]],
+    methods: list[str] | None = None,
+) -> PresetsFile:
+    """Write ``methods``' tuned entries (default: every entry tuned in ``source`` itself)
+    into ``target``'s presets of ``benchmark``, each with its fixed knobs ``set`` updated
+    by ``lengths[method]`` and marked ``transferred_from``; the tuned ``config`` is kept."""
+    presets = read_presets(source)
+    if presets.benchmark == benchmark:
+        raise UserError(f"presets file {source} is already {benchmark}'s; nothing to transfer")
+    own = [m for m, e in presets.methods.items() if "inherited_from" not in e]
+    chosen = own if methods is None else methods
+    unknown = sorted(set(chosen) - set(presets.methods)) + sorted(set(lengths) - set(chosen))
+    if unknown:
+        raise UserError(
+            f"presets file {source} transfers no entry of {', '.join(unknown)}; "
+            f"its methods: {', '.join(sorted(presets.methods))}"
+        )
+    if not chosen:
+        raise UserError(f"presets file {source} holds no tuned entry to transfer")
+    for method in chosen:
+        entry = presets.methods[method]
+        out = write_method_entry(
+            target,
+            benchmark,
+            method,
+            {
+                **entry,
+                "set": {**entry.get("set", {}), **lengths.get(method, {})},
+                "transferred_from": {"benchmark": presets.benchmark, "file": str(source)},
+            },
+        )
+    return out
+
+
+def _parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``method.key=value`` strings -> method -> key -> value (JSON where it parses)."""
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        name, eq, raw = item.partition("=")
+        method, dot, key = name.partition(".")
+        if not (eq and dot and method and key):
+            raise UserError(f"--set {item!r} is not METHOD.KEY=VALUE, e.g. ensemble.epochs=8")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        out.setdefault(method, {})[key] = value
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m uqbench.app.presets inherit FILE SOURCE TARGET...``"""
+    """``python -m uqbench.app.presets inherit FILE SOURCE TARGET...`` or ``transfer SOURCE
+    TARGET --benchmark NAME [--set METHOD.KEY=VALUE ...] [--methods A,B]``."""
     parser = argparse.ArgumentParser(prog="python -m uqbench.app.presets")
     sub = parser.add_subparsers(dest="command", required=True)
     copy = sub.add_parser("inherit", help="give methods another method's tuned entry")
     copy.add_argument("file")
     copy.add_argument("source")
     copy.add_argument("targets", nargs="+")
+    move = sub.add_parser("transfer", help="another benchmark's tuned entries, new lengths")
+    move.add_argument("source")
+    move.add_argument("target")
+    move.add_argument("--benchmark", required=True)
+    move.add_argument("--set", action="append", default=[], dest="sets")
+    move.add_argument("--methods", default=None, help="comma-separated; default: all tuned")
     args = parser.parse_args(argv)
     try:
-        inherit(args.file, args.source, args.targets)
+        if args.command == "inherit":
+            inherit(args.file, args.source, args.targets)
+        else:
+            methods = None if args.methods is None else args.methods.split(",")
+            transfer(args.source, args.target, args.benchmark, _parse_sets(args.sets), methods)
     except UserError as exc:
         print(f"uqbench: error: {exc}", file=sys.stderr)
         return 2
