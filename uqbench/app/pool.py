@@ -125,9 +125,14 @@ class ProcessPool:
             return key, exc
 
     def close(self) -> None:
+        if not self._running:  # every task collected: let the workers exit on their own
+            self._pool.shutdown(wait=True)
+            return
+        # A stopped run: its running tasks are not waited for. (Terminating a worker can
+        # leave the executor's queue semaphore to the resource tracker, which then warns.)
         processes = list(getattr(self._pool, "_processes", {}).values())
         self._pool.shutdown(wait=False, cancel_futures=True)
-        for process in processes:  # running tasks of a stopped run are not waited for
+        for process in processes:
             if process.is_alive():
                 process.terminate()
         for process in processes:
