@@ -4,7 +4,7 @@
 # after ./setup.sh, with the real data on the search path, e.g. UQBENCH_DATA=../shared/data.
 # `reproduce.sh` (or `all`) re-runs toy1d and the default job; `reproduce.sh protocol` the
 # tuned mnist5000 comparison; `reproduce.sh protocol-split` the tuned mnist5k-split one;
-# `reproduce.sh mnist` the full-MNIST table (transferred presets);
+# `reproduce.sh mnist` the full-MNIST table (transferred presets; not yet run through);
 # `reproduce.sh mnist5000-before-protocol` the committed pre-protocol mnist5000 table (at
 # commit fc95d94). `config.json` beside each table
 # records the seeds, versions, machine and command of every cell.
@@ -102,8 +102,10 @@ if [[ $what == protocol-split ]]; then
 fi
 if [[ $what == mnist ]]; then
     # Full MNIST (55k train / 5k val / 10k test), seed 0. Presets: mnist5000's tuned knobs
-    # with lengths sized for the 55k images within 30 min a fit (results/presets/README.md);
-    # hypergan at its own (the paper's) configuration. Each cell is capped at 40 min.
+    # with lengths for the 55k images; hypergan at its own (the paper's) configuration.
+    # NOT YET RUN TO COMPLETION: with these lengths the ensemble's fit measured ~62 min and
+    # HyperGAN's ~37 min at one thread each (results/presets/README.md), over the 30-min
+    # budget; re-size the lengths before running this block.
     python=.venv/bin/python
     $python -m uqbench.app.presets transfer results/presets/mnist5000.json \
         results/presets/mnist.json --benchmark mnist \
