@@ -172,8 +172,9 @@ def transfer(
     methods: list[str] | None = None,
 ) -> PresetsFile:
     """Write ``methods``' tuned entries (default: every entry tuned in ``source`` itself)
-    into ``target``'s presets of ``benchmark``, each with its fixed knobs ``set`` updated
-    by ``lengths[method]`` and marked ``transferred_from``; the tuned ``config`` is kept."""
+    into ``target``'s presets of ``benchmark``, each marked ``transferred_from``: the tuned
+    ``config`` as it is, and as fixed knobs ``set`` the method's own presets for the
+    source benchmark (what the tune ran on), the entry's ``set``, then ``lengths[method]``."""
     presets = read_presets(source)
     if presets.benchmark == benchmark:
         raise UserError(f"presets file {source} is already {benchmark}'s; nothing to transfer")
@@ -189,17 +190,30 @@ def transfer(
         raise UserError(f"presets file {source} holds no tuned entry to transfer")
     for method in chosen:
         entry = presets.methods[method]
+        # The tune ran on top of the method's own presets for the source benchmark (e.g.
+        # the engineered HyperGAN's 128-wide generators): they travel with the entry.
+        base = _own_presets(method, presets.benchmark)
         out = write_method_entry(
             target,
             benchmark,
             method,
             {
                 **entry,
-                "set": {**entry.get("set", {}), **lengths.get(method, {})},
+                "set": {**base, **entry.get("set", {}), **lengths.get(method, {})},
                 "transferred_from": {"benchmark": presets.benchmark, "file": str(source)},
             },
         )
     return out
+
+
+def _own_presets(method: str, benchmark: str) -> dict[str, Any]:
+    """``method``'s class presets for ``benchmark`` (empty for a method not installed)."""
+    from uqbench.registry import discover
+
+    info = discover().get(method)
+    if info is None or info.cls is None:
+        return {}
+    return dict(info.cls.presets.get(benchmark, {}))
 
 
 def _parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:
