@@ -61,6 +61,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call, vmap
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torch.utils.data import Dataset
 
@@ -287,37 +288,44 @@ class SWAG(WeightSampler[SWAGConfig]):
         net = copy.deepcopy(self.target)
         vector_to_parameters(flat.to(self.device), net.parameters())
         if self.statistics:
-            self._recompute_statistics(net)
+            statistics = self._statistics(self._unflatten(flat.unsqueeze(0).to(self.device)))
+            with torch.no_grad():
+                for name, buffer in net.named_buffers():
+                    if name in statistics:
+                        buffer.copy_(statistics[name][0])
         return net
-
-    @torch.no_grad()
-    def _recompute_statistics(self, net: nn.Module) -> None:
-        """Reset ``net``'s batch-norm statistics to the plain average over one train-mode
-        pass of :attr:`bn_inputs` (minibatches of ``batch_size``, the SWAG recipe)."""
-        if self.bn_inputs is None:
-            raise UserError("swag is not fitted; call fit or load a checkpoint first")
-        layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        momenta = [m.momentum for m in layers]
-        for m in layers:
-            m.reset_running_stats()
-            m.momentum = None  # cumulative average over the pass
-        net.train()
-        x = self.bn_inputs
-        for start in range(0, len(x), self.config.batch_size):
-            net(x[start : start + self.config.batch_size].to(self.device))
-        for m, momentum in zip(layers, momenta, strict=True):
-            m.momentum = momentum
-        net.eval()
 
     def _weights(self, flat: Tensor) -> dict[str, Tensor]:
         """The networks ``flat`` (``[n, d]``) as a weight dict, with every network's own
         batch-norm statistics where the target has batch-norm."""
         weights = self._unflatten(flat.to(self.device))
-        if not self.statistics:
-            return weights
-        nets = [dict(self._network(row).named_buffers()) for row in flat]
-        statistics = {k: torch.stack([net[k].detach() for net in nets]) for k in self.statistics}
-        return {**weights, **statistics}
+        return {**weights, **self._statistics(weights)} if self.statistics else weights
+
+    @torch.no_grad()
+    def _statistics(self, weights: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Every network's batch-norm statistics (``[n, C]`` each) as the plain average over
+        one train-mode pass of :attr:`bn_inputs` in minibatches of ``batch_size`` (the SWAG
+        recipe), for all n networks in one vmapped call per minibatch: momentum 1/b at
+        minibatch b makes the running update that cumulative average."""
+        if self.bn_inputs is None:
+            raise UserError("swag is not fitted; call fit or load a checkpoint first")
+        n = len(next(iter(weights.values())))
+        net = copy.deepcopy(self.target).train()
+        layers = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        buffers = dict(net.named_buffers())
+        statistics = {k: buffers[k].new_zeros(n, *buffers[k].shape) for k in self.statistics}
+        shared = {k: v for k, v in buffers.items() if k not in statistics}
+
+        def one(params: dict[str, Tensor], own: dict[str, Tensor], x: Tensor) -> Tensor:
+            return functional_call(net, (params, own, shared), (x,))
+
+        forward = vmap(one, in_dims=(0, 0, None))
+        step = self.config.batch_size
+        for b, start in enumerate(range(0, len(self.bn_inputs), step)):
+            for m in layers:
+                m.momentum = 1.0 / (b + 1)
+            forward(weights, statistics, self.bn_inputs[start : start + step].to(self.device))
+        return statistics
 
     @torch.no_grad()
     def _nll(self, net: nn.Module, x: Tensor, y: Tensor) -> float:

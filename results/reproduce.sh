@@ -17,6 +17,19 @@ keep() {  # copy the shareable outputs of runs/$1 into results/$1
     rm -rf "results/$1/figures" && cp -r "runs/$1/figures" "results/$1/figures"
 }
 what=${1:-all}
+tune_all() {  # BENCHMARK PRESETS TRIALS_DIR [FLAG...]: the protocol budget for every method,
+    # each method's training length fixed by ${length[method]} (set by the caller).
+    local benchmark=$1 presets=$2 trials=$3 m
+    shift 3
+    mkdir -p "$trials"
+    for m in mcdropout ensemble swag hypergan mnf apd hypergan-engineered laplace; do
+        # shellcheck disable=SC2086  # the --set flags split on purpose
+        $uq tune --method "$m" --benchmark "$benchmark" --trials 20 --max-fit-s 60 --jobs 2 \
+            "$@" ${length[$m]} --out "runs/tune-$benchmark-$m" --presets-file "$presets"
+        cp "runs/tune-$benchmark-$m/trials.csv" "$trials/$m.csv"
+        cp "runs/tune-$benchmark-$m/trials.md" "$trials/$m.md"
+    done
+}
 
 if [[ $what == protocol ]]; then
     # The protocol run on mnist5000 (results/mnist5000/, results/presets/), sized for the
@@ -39,17 +52,9 @@ if [[ $what == protocol ]]; then
         [hypergan-engineered]="--set hypergan-engineered.steps=400 --set hypergan-engineered.nets_per_step=4"
         [laplace]="--set laplace.epochs=12 --set laplace.hessian=kron"
     )
-    mkdir -p results/presets/trials
-    for m in mcdropout ensemble swag hypergan mnf apd hypergan-engineered laplace; do
-        # --prune-warmup-steps 0: the pruner setting the committed run used (today's
-        # default, 1, no longer prunes on a step-0 report; see results/presets/README.md).
-        # shellcheck disable=SC2086  # the --set flags split on purpose
-        $uq tune --method "$m" --benchmark mnist5000 --trials 20 --max-fit-s 60 --jobs 2 \
-            --prune-warmup-steps 0 ${length[$m]} --out "runs/tune-mnist5000-$m" \
-            --presets-file "$presets"
-        cp "runs/tune-mnist5000-$m/trials.csv" "results/presets/trials/$m.csv"
-        cp "runs/tune-mnist5000-$m/trials.md" "results/presets/trials/$m.md"
-    done
+    # --prune-warmup-steps 0: the pruner setting the committed run used (today's default,
+    # 1, no longer prunes on a step-0 report; see results/presets/README.md).
+    tune_all mnist5000 "$presets" results/presets/trials --prune-warmup-steps 0
     # Seeds one after another into one store (each invocation resumes the last); every
     # OOD set scored on a fixed 5,000 of its images.
     for seed in 0 1 2; do
@@ -89,14 +94,7 @@ if [[ $what == protocol-split ]]; then
         [hypergan-engineered]="--set hypergan-engineered.steps=400 --set hypergan-engineered.nets_per_step=4"
         [laplace]="--set laplace.epochs=29 --set laplace.hessian=kron"
     )
-    mkdir -p results/presets/trials-mnist5k-split
-    for m in mcdropout ensemble swag hypergan mnf apd hypergan-engineered laplace; do
-        # shellcheck disable=SC2086  # the --set flags split on purpose
-        $uq tune --method "$m" --benchmark mnist5k-split --trials 20 --max-fit-s 60 --jobs 2 \
-            ${length[$m]} --out "runs/tune-mnist5k-split-$m" --presets-file "$presets"
-        cp "runs/tune-mnist5k-split-$m/trials.csv" "results/presets/trials-mnist5k-split/$m.csv"
-        cp "runs/tune-mnist5k-split-$m/trials.md" "results/presets/trials-mnist5k-split/$m.md"
-    done
+    tune_all mnist5k-split "$presets" results/presets/trials-mnist5k-split
     cp "$presets" uqbench/app/tuned_presets/
     for seed in 0 1 2; do
         $uq compare --benchmark mnist5k-split --presets "$presets" --seeds "$seed" \
