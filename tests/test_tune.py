@@ -528,13 +528,17 @@ def test_presets_transfer_keeps_the_tuned_knobs_with_new_lengths(tmp_path, capsy
     assert origin == {"benchmark": "tiny-val", "file": str(small)}
     # The method's own presets for the source benchmark travel with it (the tune ran on them).
     mnist = tmp_path / "mnist.json"
-    write_method_entry(tmp_path / "m5k.json", "mnist5000", "hypergan-engineered", tuned)
+    engineered = {**tuned, "config": {"lr": 0.01, "lr_generator": 5e-4}}
+    write_method_entry(tmp_path / "m5k.json", "mnist5000", "hypergan-engineered", engineered)
     assert (
         presets_main(["transfer", str(tmp_path / "m5k.json"), str(mnist), "--benchmark", "mnist"])
         == 0
     )
     moved = read_presets(mnist).config_of("hypergan-engineered")
     assert moved["generator_hidden"] == 128 and moved["epochs"] == 3 and moved["lr"] == 0.01
+    # ... less the knobs the tune searched: its selection is what it ran on top of them.
+    assert moved["lr_generator"] == 5e-4
+    assert "lr_generator" not in read_presets(mnist).methods["hypergan-engineered"]["set"]
     before = large.read_text()
     # A length for a method not transferred, a bad --set, a same-benchmark target: refused.
     assert presets_main([*args, "--set", "nosuch.epochs=2"]) == 2

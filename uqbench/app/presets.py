@@ -174,7 +174,8 @@ def transfer(
     """Write ``methods``' tuned entries (default: every entry tuned in ``source`` itself)
     into ``target``'s presets of ``benchmark``, each marked ``transferred_from``: the tuned
     ``config`` as it is, and as fixed knobs ``set`` the method's own presets for the
-    source benchmark (what the tune ran on), the entry's ``set``, then ``lengths[method]``."""
+    source benchmark (what the tune ran on, less the knobs it searched), the entry's
+    ``set``, then ``lengths[method]``."""
     presets = read_presets(source)
     if presets.benchmark == benchmark:
         raise UserError(f"presets file {source} is already {benchmark}'s; nothing to transfer")
@@ -192,7 +193,13 @@ def transfer(
         entry = presets.methods[method]
         # The tune ran on top of the method's own presets for the source benchmark (e.g.
         # the engineered HyperGAN's 128-wide generators): they travel with the entry.
-        base = _own_presets(method, presets.benchmark)
+        # Knobs the tune searched are left out: its selected value in ``config`` is what
+        # the tune applied on top of them.
+        base = {
+            k: v
+            for k, v in _own_presets(method, presets.benchmark).items()
+            if k not in entry["config"]
+        }
         out = write_method_entry(
             target,
             benchmark,
