@@ -60,6 +60,15 @@ class HangingFit(FastEnsemble):
         time.sleep(3600)
 
 
+class ThreadsFit(FastEnsemble):
+    """fit fails with the number of torch threads it ran on (to see a cell's share)."""
+
+    name: ClassVar[str] = "threads-fit"
+
+    def fit(self, train, *, seed, val=None, progress=None) -> None:
+        raise RuntimeError(f"fit ran on {torch.get_num_threads()} torch threads")
+
+
 class FunctionState(FastEnsemble):
     """state_dict holds a function, which torch.load(weights_only=True) refuses."""
 
@@ -71,5 +80,5 @@ class FunctionState(FastEnsemble):
 
 ENTRY_POINTS = {
     cls.name: f"fault_plugins:{cls.__name__}"
-    for cls in (FastEnsemble, RaisingFit, DivergingFit, HangingFit, FunctionState)
+    for cls in (FastEnsemble, RaisingFit, DivergingFit, HangingFit, ThreadsFit, FunctionState)
 }

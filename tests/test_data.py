@@ -499,6 +499,25 @@ def test_toy1d_is_deterministic_and_as_specified() -> None:
     assert a.task.kind == "regression" and a.make_target()(x).shape == (20, 1)
 
 
+def test_toy1d_het_is_toy1d_with_a_learned_variance() -> None:
+    """Same points, grid and split as toy1d; the net outputs mean and log-variance, and the
+    methods apply their toy1d presets to it."""
+    from uqbench.data.registry import presets_name
+
+    plain, het = load_benchmark("toy1d"), load_benchmark("toy1d-het")
+    assert het.val is not None and plain.val is not None
+    for s, t in zip(
+        plain.train.tensors + plain.val.tensors + plain.test.tensors,
+        het.train.tensors + het.val.tensors + het.test.tensors,
+        strict=True,
+    ):
+        assert torch.equal(s, t)
+    assert het.task.heteroscedastic and not plain.task.heteroscedastic
+    assert het.make_target()(het.train.tensors[0]).shape == (20, 2)
+    assert het.split_info == plain.split_info and het.train_range == plain.train_range
+    assert presets_name("toy1d-het") == "toy1d" and presets_name("mnist") == "mnist"
+
+
 def test_unknown_benchmark_lists_the_known_ones() -> None:
     with pytest.raises(UserError, match="unknown benchmark 'mnist-5k'.*mnist5k-split.*toy1d"):
         load_benchmark("mnist-5k")

@@ -151,6 +151,23 @@ def test_a_fit_that_never_returns_is_stopped_by_the_cell_timeout(tmp_path):
     assert rows(out) == [("hanging-fit", 0, "failed")]
 
 
+def test_a_cell_under_a_timeout_runs_on_its_pool_share_of_the_cores(tmp_path, monkeypatch):
+    """With --cell-timeout each cell runs in a child process of its pool worker; the child
+    keeps the worker's cores // jobs threads instead of starting at every core."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # the suite's 1: spawned at defaults
+        monkeypatch.delenv(name, raising=False)
+    out = tmp_path / "run"
+    rc, _, err = run(
+        "compare", "--methods", "threads-fit", "--benchmark", "toy1d", "--seeds", "0,1",
+        "--samples", "2", "--device", "cpu", "--out", str(out), "--jobs", "2",
+        "--cell-timeout", "120",
+    )  # fmt: skip
+    share = max(1, (os.cpu_count() or 1) // 2)
+    reports = [line for line in err.splitlines() if "fit ran on" in line]
+    assert rc == 1 and {"seed0", "seed1"} <= {r.split(":")[0][-5:] for r in reports}, err
+    assert all(f"fit ran on {share} torch threads" in r for r in reports), err
+
+
 # --- rejected commands change nothing ---------------------------------------------------------
 def _bad_presets(tmp: Path) -> str:
     path = tmp / "presets.json"

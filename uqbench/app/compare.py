@@ -263,10 +263,12 @@ class _Plan:
         tuned = _presets_overrides(presets_file, r.benchmark)
         self.presets = _describe_presets(presets_file, r.presets)
         self.classes = {m: load_method(m) for m in self.methods}
+        from uqbench.data.registry import presets_name
+
         self.configs = {
             m: config_as_dict(
                 self.classes[m].make_config(
-                    {**tuned.get(m, {}), **sets.get(m, {})}, benchmark=r.benchmark
+                    {**tuned.get(m, {}), **sets.get(m, {})}, benchmark=presets_name(r.benchmark)
                 )
             )
             for m in self.methods

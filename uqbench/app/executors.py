@@ -5,7 +5,8 @@ Either way results come back to the driver, which alone writes files and the sto
 same seeds give the same table. A cell that raises (a diverged fit, a plugin's bug) or
 runs past its time limit comes back as a :class:`CellFailure` and the other cells still
 run. With a time limit a cell runs in a child process (``spawn``), so even a ``fit``
-that never returns can be stopped; the clock starts once the child has started the cell.
+that never returns can be stopped; the clock starts once the child has started the cell,
+and the child runs on its parent's torch threads (a pool worker's share of the cores).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import traceback
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+
+import torch
 
 from uqbench.app.pool import Pool
 from uqbench.app.runner import CellOutcome, CellSpec, run_cell
@@ -88,7 +91,10 @@ def run_local(
             on_result(result)
 
 
-def _child_main(spec: CellSpec, conn) -> None:  # pragma: no cover - runs in the child
+def _child_main(spec: CellSpec, conn, threads: int) -> None:
+    """The child's side of :func:`_cell_in_child`: run the cell on ``threads`` torch threads
+    (a spawned process starts at all cores, not at its parent's pool share)."""
+    torch.set_num_threads(threads)
     conn.send_bytes(b"started")
     try:
         payload = ("ok", run_cell(spec, None))
@@ -101,7 +107,8 @@ def _child_main(spec: CellSpec, conn) -> None:  # pragma: no cover - runs in the
 def _cell_in_child(spec: CellSpec, timeout: float) -> CellOutcome | CellFailure:
     ctx = multiprocessing.get_context("spawn")
     receive, send = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=_child_main, args=(spec, send), daemon=True)
+    threads = torch.get_num_threads()
+    child = ctx.Process(target=_child_main, args=(spec, send, threads), daemon=True)
     child.start()
     send.close()
     try:

@@ -215,12 +215,13 @@ def transfer(
 
 def _own_presets(method: str, benchmark: str) -> dict[str, Any]:
     """``method``'s class presets for ``benchmark`` (empty for a method not installed)."""
+    from uqbench.data.registry import presets_name
     from uqbench.registry import discover
 
     info = discover().get(method)
     if info is None or info.cls is None:
         return {}
-    return dict(info.cls.presets.get(benchmark, {}))
+    return dict(info.cls.presets.get(presets_name(benchmark), {}))
 
 
 def _parse_sets(items: list[str]) -> dict[str, dict[str, Any]]:

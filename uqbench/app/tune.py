@@ -285,9 +285,11 @@ def _base_config(cls: type[WeightSampler], benchmark: str, overrides: Mapping[st
     """Defaults, the built-in preset for the benchmark, then the fixed knobs: strings are
     cast like ``--set`` values, typed values are used as they are; an unknown knob is a
     UserError naming the known ones."""
+    from uqbench.data.registry import presets_name
+
     strings = {k: v for k, v in overrides.items() if isinstance(v, str)}
     typed = {k: v for k, v in overrides.items() if not isinstance(v, str)}
-    base = cls.make_config(strings, benchmark=benchmark)
+    base = cls.make_config(strings, benchmark=presets_name(benchmark))
     known = {f.name for f in dataclasses.fields(base)}
     unknown = sorted(set(typed) - known)
     if unknown:

@@ -60,11 +60,17 @@ CIFAR_FAR_OOD = (
 
 @dataclass(frozen=True)
 class BenchmarkSpec:
-    """A benchmark's name, one-line description (``uqbench list``) and loader."""
+    """A benchmark's name, one-line description (``uqbench list``) and loader.
+
+    ``presets_of``: the benchmark whose method presets (each method's class ``presets``)
+    this one uses, for a variant of another benchmark's data (toy1d-het is toy1d with a
+    learned variance); None: its own name.
+    """
 
     name: str
     description: str
     load: Callable[[DataSearch], BenchmarkData]
+    presets_of: str | None = None
 
 
 def _labelled(images: np.ndarray, labels: np.ndarray) -> TensorDataset:
@@ -380,15 +386,18 @@ def _cifar_jpeg(search: DataSearch, *, five: bool) -> BenchmarkData:
     return data
 
 
-def _toy1d(search: DataSearch) -> BenchmarkData:
+def _toy1d(search: DataSearch, *, heteroscedastic: bool = False) -> BenchmarkData:
+    """The paper's x^3 data; ``heteroscedastic``: the net also outputs its log-variance
+    (trained with the Gaussian NLL, as in Lakshminarayanan et al. 2017) instead of
+    assuming the generator's noise std of 3."""
     x, y, grid, truth = datasets.toy1d(TOY_SEED)
     val_x, val_y, _, _ = datasets.toy1d(TOY_VAL_SEED)
     train, val, test = TensorDataset(x, y), TensorDataset(val_x, val_y), TensorDataset(grid, truth)
     draw = "20 points, x ~ U[-4, 4], y = x^3 + N(0, 3^2)"
     return BenchmarkData(
-        name="toy1d",
-        task=Task(kind="regression", noise_std=3.0),
-        make_target=toy1d_mlp,
+        name="toy1d-het" if heteroscedastic else "toy1d",
+        task=Task(kind="regression", noise_std=3.0, heteroscedastic=heteroscedastic),
+        make_target=partial(toy1d_mlp, outputs=2 if heteroscedastic else 1),
         train=train,
         val=val,
         test=test,
@@ -455,8 +464,20 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
             "1D regression y = x^3 + N(0, 3^2): 20 train + 20 val points on [-4, 4]; grid [-6, 6]",
             _toy1d,
         ),
+        BenchmarkSpec(
+            "toy1d-het",
+            "toy1d with a learned variance: the net outputs mean and log-variance (Gaussian NLL)",
+            partial(_toy1d, heteroscedastic=True),
+            presets_of="toy1d",
+        ),
     )
 }
+
+
+def presets_name(benchmark: str) -> str:
+    """The key of ``benchmark`` in the methods' class ``presets`` (see ``presets_of``)."""
+    spec = BENCHMARKS.get(benchmark)
+    return (spec.presets_of or spec.name) if spec is not None else benchmark
 
 
 def list_benchmarks() -> list[tuple[str, str]]:
