@@ -2,9 +2,10 @@
 # Re-creates every table and figure under results/ (tables, figures, resolved configs;
 # never checkpoints or prediction dumps — those stay in runs/). Run from the repo root
 # after ./setup.sh, with the real data on the search path, e.g. UQBENCH_DATA=../shared/data.
-# `reproduce.sh` (or `all`) re-runs toy1d and the default job; `reproduce.sh protocol` the
+# `reproduce.sh` (or `all`) re-runs toy1d, toy1d-het and the default job; `reproduce.sh protocol` the
 # tuned mnist5000 comparison; `reproduce.sh protocol-split` the tuned mnist5k-split one;
-# `reproduce.sh mnist` the first full-MNIST cells (transferred presets, two methods);
+# `reproduce.sh mnist`, `cifar5-jpeg`, `cifar10-jpeg` the larger benchmarks at seed 0
+# (transferred presets); `reproduce.sh toy1d-het` only the learned-variance toy1d;
 # `reproduce.sh mnist5000-before-protocol` the committed pre-protocol mnist5000 table (at
 # commit fc95d94). `config.json` beside each table
 # records the seeds, versions, machine and command of every cell.
@@ -106,20 +107,55 @@ if [[ $what == protocol-split ]]; then
     cp runs/mnist5k-split/differences.md results/mnist5k-split/
 fi
 if [[ $what == mnist ]]; then
-    # Full MNIST (55k train / 5k val / 10k test), seed 0, the first two methods: mnist5000's
-    # tuned knobs (and the methods' own mnist5000 presets they were tuned on) with lengths
-    # that fit the 30-min budget at one thread each, two cells at a time: ensemble 2 epochs,
-    # engineered HyperGAN 3,000 steps. (A first attempt at 8 epochs / the paper HyperGAN's
-    # 2,000 steps measured ~62 / ~37 min fits and was stopped: results/presets/README.md.)
+    # Full MNIST (55k train / 5k val / 10k test), seed 0, every method: mnist5000's tuned
+    # knobs (and the methods' own mnist5000 presets they were tuned on) with lengths sized
+    # from measured per-epoch costs to fit the 30-min budget at one thread, two cells at a
+    # time (results/presets/README.md); the paper HyperGAN at its own settings.
     rm -f results/presets/mnist.json
     .venv/bin/python -m uqbench.app.presets transfer results/presets/mnist5000.json \
-        results/presets/mnist.json --benchmark mnist --methods ensemble,hypergan-engineered \
-        --set ensemble.epochs=2 --set hypergan-engineered.steps=3000
+        results/presets/mnist.json --benchmark mnist \
+        --methods ensemble,mcdropout,mnf,swag,laplace,apd,hypergan-engineered \
+        --set ensemble.epochs=6 --set mcdropout.epochs=24 --set mnf.epochs=13 \
+        --set swag.epochs=32 --set swag.burn_in=13 --set laplace.epochs=25 \
+        --set apd.steps=2000 --set apd.burn_in=1000 --set apd.final_gan_iters=1000 \
+        --set hypergan-engineered.steps=6000 --set hypergan-engineered.val_every=500
     $uq compare --benchmark mnist --presets results/presets/mnist.json --seeds 0 \
-        --methods ensemble,hypergan-engineered --samples 100 --ood-limit 5000 --device cpu \
-        --jobs 2 --cell-timeout 1800 --out runs/mnist
+        --methods ensemble,mcdropout,mnf,swag,laplace,apd,hypergan-engineered --samples 100 \
+        --ood-limit 5000 --device cpu --jobs 2 --cell-timeout 1800 --out runs/mnist
+    $uq compare --benchmark mnist --presets none --seeds 0 --methods hypergan --samples 100 \
+        --ood-limit 5000 --device cpu --jobs 2 --cell-timeout 1800 --out runs/mnist
     $uq report runs/mnist --all --baseline ensemble
     keep mnist
+    cp runs/mnist/differences.md results/mnist/
+fi
+if [[ $what == cifar5-jpeg || $what == cifar10-jpeg ]]; then
+    # CIFAR-5 / CIFAR-10 on the JPEG copy of CIFAR-10 (not the original pixels), mednet,
+    # seed 0: mnist5000's tuned knobs transferred (nothing tuned on CIFAR), lengths sized
+    # for the 20 / 30-min budgets at one thread, two cells at a time.
+    if [[ $what == cifar5-jpeg ]]; then
+        lengths=(--set ensemble.epochs=15 --set mcdropout.epochs=50 --set mnf.epochs=30
+            --set swag.epochs=80 --set swag.burn_in=32 --set laplace.epochs=60)
+        cap=1200
+    else
+        lengths=(--set ensemble.epochs=8 --set mcdropout.epochs=25 --set mnf.epochs=15
+            --set swag.epochs=40 --set swag.burn_in=16 --set laplace.epochs=30)
+        cap=1800
+    fi
+    rm -f "results/presets/$what.json"
+    .venv/bin/python -m uqbench.app.presets transfer results/presets/mnist5000.json \
+        "results/presets/$what.json" --benchmark "$what" \
+        --methods ensemble,mcdropout,mnf,swag,laplace,apd,hypergan-engineered "${lengths[@]}" \
+        --set apd.steps=2000 --set apd.burn_in=1000 --set apd.final_gan_iters=1000 \
+        --set hypergan-engineered.steps=6000 --set hypergan-engineered.val_every=500
+    $uq compare --benchmark "$what" --presets "results/presets/$what.json" --seeds 0 \
+        --methods ensemble,mcdropout,mnf,swag,laplace,apd,hypergan-engineered --samples 100 \
+        --ood-limit 5000 --device cpu --jobs 2 --cell-timeout "$cap" --out "runs/$what"
+    $uq compare --benchmark "$what" --presets none --seeds 0 --methods hypergan \
+        --samples 100 --ood-limit 5000 --device cpu --jobs 2 --cell-timeout "$cap" \
+        --out "runs/$what"
+    $uq report "runs/$what" --all --baseline ensemble
+    keep "$what"
+    cp "runs/$what/differences.md" "results/$what/"
 fi
 if [[ $what == mnist5000-before-protocol ]]; then
     # The committed results/mnist5000 table predates the protocol: it was produced by the
@@ -136,6 +172,14 @@ if [[ $what == all || $what == toy1d ]]; then
         --methods hypergan,hypergan-engineered,ensemble,mcdropout,mnf,apd,swag,laplace \
         --seeds 0 --samples 100 --device cpu --cell-timeout 900 --out runs/toy1d
     keep toy1d
+fi
+if [[ $what == all || $what == toy1d-het ]]; then
+    # toy1d with a learned variance (mean and log-variance outputs, Gaussian NLL), the
+    # methods' toy1d presets.
+    $uq compare --benchmark toy1d-het \
+        --methods hypergan,hypergan-engineered,ensemble,mcdropout,mnf,apd,swag,laplace \
+        --seeds 0 --samples 100 --device cpu --cell-timeout 900 --out runs/toy1d-het
+    keep toy1d-het
 fi
 if [[ $what == all || $what == default ]]; then
     # The Quick start's main job in a store of its own (built-in presets: the tuned

@@ -16,6 +16,7 @@ from uqbench.errors import UserError
 from uqbench.hypergan import (
     HyperGAN,
     HyperGANEngineered,
+    HyperGANEngineeredRepulsive,
     HyperGANNoDiscriminator,
     HyperGANNoMixer,
     HyperGANRepulsive,
@@ -120,16 +121,17 @@ def test_kernel_repulsion_values() -> None:
     )
 
 
-def test_repulsive_variant_trains_and_records_the_term() -> None:
+@pytest.mark.parametrize("cls", [HyperGANRepulsive, HyperGANEngineeredRepulsive])
+def test_repulsive_variant_trains_and_records_the_term(cls) -> None:
     x, y = as_tensors(tiny_images(64))
-    sampler = HyperGANRepulsive(tiny_target(), HyperGANRepulsive.Config(**SMALL, steps=2))
+    sampler = cls(tiny_target(), cls.Config(**SMALL, steps=2))
     seen: list[dict] = []
     sampler.fit(TensorDataset(x, y), seed=0, progress=lambda *_, **metrics: seen.append(metrics))
     assert any("repulsion" in m for m in seen)
     opt_g, opt_d = sampler._optimizers()
     losses = sampler._step(x[:8], y[:8], opt_g, opt_d, torch.Generator().manual_seed(0))
     assert 0 < losses["repulsion"] <= sampler.config.repulsion
-    assert "repulsion" in search_space(HyperGANRepulsive.Config)
+    assert "repulsion" in search_space(cls.Config)
     assert "repulsion" not in HyperGAN.Config.__dataclass_fields__
 
 
@@ -148,14 +150,18 @@ def test_ablations_are_the_paper_model_minus_one_part(cls, mixer, discriminator)
     assert math.isfinite(sampler.history[-1]["val_nll"])
 
 
-@pytest.mark.parametrize("name", ["hypergan-engineered", "hypergan-repulsive"])
+@pytest.mark.parametrize(
+    "name", ["hypergan-engineered", "hypergan-repulsive", "hypergan-engineered-repulsive"]
+)
 def test_variants_are_registered(name: str) -> None:
     cls = load_method(name)
     assert issubclass(cls, HyperGAN) and cls.name == name
     assert cls.make_config().owner == name
 
 
-@pytest.mark.parametrize("cls", [HyperGANEngineered, HyperGANRepulsive])
+@pytest.mark.parametrize(
+    "cls", [HyperGANEngineered, HyperGANRepulsive, HyperGANEngineeredRepulsive]
+)
 def test_variants_pass_the_sampler_contract(cls) -> None:
     """The contract suite runs base classes only; these change modules and the loss."""
     check_sampler_contract(cls, overrides=TINY_CONFIGS[cls.name])

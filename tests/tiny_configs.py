@@ -60,4 +60,5 @@ TINY: dict[str, dict[str, Any]] = {
 }
 TINY["hypergan-engineered"] = {**TINY["hypergan"], "lr_mean": 1e-2, "pretrain_steps": 0}
 TINY["hypergan-repulsive"] = TINY["hypergan"]
+TINY["hypergan-engineered-repulsive"] = TINY["hypergan-engineered"]
 TINY["swag"] = {"epochs": 12, "burn_in": 4, "rank": 6, "batch_size": 32, "lr": 3e-3, "swa_lr": 1e-3}

@@ -11,13 +11,18 @@ from uqbench.hypergan.ablations import HyperGANNoDiscriminator, HyperGANNoMixer
 from uqbench.hypergan.config import HyperGANConfig
 from uqbench.hypergan.engineered import HyperGANEngineered
 from uqbench.hypergan.networks import code_moment_loss, layer_specs
-from uqbench.hypergan.repulsive import HyperGANRepulsive, kernel_repulsion
+from uqbench.hypergan.repulsive import (
+    HyperGANEngineeredRepulsive,
+    HyperGANRepulsive,
+    kernel_repulsion,
+)
 from uqbench.hypergan.sampler import HyperGAN
 
 __all__ = [
     "HyperGAN",
     "HyperGANConfig",
     "HyperGANEngineered",
+    "HyperGANEngineeredRepulsive",
     "HyperGANNoDiscriminator",
     "HyperGANNoMixer",
     "HyperGANRepulsive",
