@@ -378,9 +378,16 @@ def difference_markdown(
         rows.append(row)
     header = ["method", "seeds", *metrics]
     numeric = [False, False] + [True] * len(metrics)
+    one_seed = all("," not in str(s) for s in table["seeds"])
+    over = (
+        "test points only (one seed per method: the interval leaves out seed-to-seed "
+        "variation)"
+        if one_seed
+        else "seeds and test points"
+    )
     intro = (
         f"Difference to {baseline} (method − {baseline}), {level:.0%} paired bootstrap "
-        f"interval over seeds and test points (B = {replicates}, bootstrap seed {seed}); "
+        f"interval over {over} (B = {replicates}, bootstrap seed {seed}); "
         "**bold**: the interval excludes 0."
     )
     return intro + "\n\n" + render_markdown(header, rows, numeric)

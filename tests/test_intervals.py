@@ -163,6 +163,12 @@ def test_difference_table_uses_common_seeds_and_reports_seeds() -> None:
     assert set(mcd["seeds"]) == {"1"} and (mcd["diff"] == 0).all()
     text = baseline_report(cells, "ens", replicates=200)
     assert "| hg | 0,1,2 |" in text and "| mcd | 1 | +0.0000 [+0.0000, +0.0000]" in text
+    assert "over seeds and test points" in text
+    # With one seed per method the interval can only speak of the test points.
+    single = {key: c for key, c in cells.items() if key[1] == 1}
+    assert "over test points only (one seed per method" in baseline_report(
+        single, "ens", replicates=50
+    )
     with pytest.raises(UserError, match="--baseline nope: no cell of that method"):
         difference_table(cells, "nope")
 
