@@ -99,7 +99,7 @@ class HyperGANEngineeredRepulsiveConfig(HyperGANEngineeredConfig):
 
 
 class HyperGANEngineeredRepulsive(HyperGANEngineered):
-    """``hypergan-engineered`` plus the kernel repulsion on the networks' predictions."""
+    """The engineered HyperGAN plus the kernel repulsion on its networks' predictions."""
 
     name = "hypergan-engineered-repulsive"
     Config = HyperGANEngineeredRepulsiveConfig
