@@ -26,3 +26,14 @@ def _distinct_methods() -> list[str]:
 @pytest.mark.parametrize("name", _distinct_methods())
 def test_sampler_contract(name: str) -> None:
     check_sampler_contract(load_method(name), overrides=TINY.get(name))
+
+
+@pytest.mark.parametrize("name", sorted(discover()))
+def test_presets_name_known_benchmarks_and_fields(name: str) -> None:
+    """A preset keyed by a misspelt benchmark would silently never apply."""
+    from uqbench.data.registry import BENCHMARKS
+
+    cls = load_method(name)
+    assert set(cls.presets) <= set(BENCHMARKS), sorted(set(cls.presets) - set(BENCHMARKS))
+    for benchmark in cls.presets:
+        cls.make_config(benchmark=benchmark)  # every preset builds a valid config

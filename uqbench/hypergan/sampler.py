@@ -132,6 +132,11 @@ class HyperGAN(WeightSampler[HyperGANConfig]):
         # The paper's model on a shorter budget for the default (quick) benchmark.
         "mnist5k-split": {"steps": 300, "val_every": 100},
         "toy1d": {"steps": 1000, "batch_size": 20, "val_every": 250},
+        # The paper's CIFAR sizes: a 512-d noise and 256-d codes per layer.
+        **{
+            name: {"noise_dim": 512, "code_dim": 256}
+            for name in ("cifar5", "cifar10", "cifar5-jpeg", "cifar10-jpeg")
+        },
     }
 
     def __init__(
