@@ -169,6 +169,8 @@ if [[ $what == cifar5-jpeg || $what == cifar10-jpeg ]]; then
     $uq report "runs/$what" --all --baseline ensemble
     keep "$what"
     cp "runs/$what/differences.md" "results/$what/"
+    $uq report "runs/$what" --all --baseline mcdropout
+    cp "runs/$what/differences.md" "results/$what/differences-mcdropout.md"
 fi
 if [[ $what == mnist5000-before-protocol ]]; then
     # The committed results/mnist5000 table predates the protocol: it was produced by the
