@@ -380,8 +380,7 @@ def difference_markdown(
     numeric = [False, False] + [True] * len(metrics)
     one_seed = all("," not in str(s) for s in table["seeds"])
     over = (
-        "test points only (one seed per method: the interval leaves out seed-to-seed "
-        "variation)"
+        "test points only (one seed per method: the interval leaves out seed-to-seed variation)"
         if one_seed
         else "seeds and test points"
     )
