@@ -117,6 +117,23 @@ def test_without_validation_data_the_last_state_is_kept() -> None:
     assert sampler.extra_metrics["best_step"] == 6.0
 
 
+def test_validation_uses_a_random_subset_of_a_class_sorted_split() -> None:
+    """The step-0 validation NLL is the sampled networks' NLL on ``random_subset(val)``."""
+    from uqbench.hypergan.sampler import ensemble_nll
+    from uqbench.training import random_subset, seeded_generator
+
+    x, y = as_tensors(tiny_images(300))
+    order = torch.argsort(y, stable=True)  # class-sorted, as CIFAR's splits are
+    val = (x[order], y[order])
+    sampler = HyperGAN(tiny_target(), small_config(steps=0, val_max_examples=60))
+    sampler.fit(TensorDataset(x, y), seed=0, val=TensorDataset(*val))
+    xs, ys = random_subset(val, 60, seed=sampler.config.val_subset_seed)
+    assert len(set(ys.tolist())) == 3  # the first 60 would hold class 0 only
+    draw = sampler.sample(sampler.config.val_nets, generator=seeded_generator(1))
+    expected = ensemble_nll(stacked_forward(sampler.target, draw, xs), ys, sampler.task)
+    assert sampler.history[0]["val_nll"] == pytest.approx(expected, rel=1e-5)
+
+
 def regression_spread(sampler: HyperGAN) -> tuple[float, float]:
     """(RMSE of the 50-network mean inside [-2, 2], mean std outside / mean std inside)."""
     grid = torch.linspace(-4, 4, 81).unsqueeze(1)

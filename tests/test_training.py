@@ -21,6 +21,7 @@ from uqbench.training import (
     derive_seeds,
     linear_ends,
     predictive_scores,
+    random_subset,
     seeded_generator,
 )
 
@@ -133,3 +134,17 @@ def test_check_finite_names_the_loss_and_step() -> None:
     check_finite("m", {"training": torch.tensor(1.0)}, 3)
     with pytest.raises(FitDiverged, match="m: the KL loss became nan at step 12"):
         check_finite("m", {"training": 1.0, "KL": torch.tensor(float("nan"))}, 12)
+
+
+def test_random_subset_of_class_sorted_data_holds_every_class_in_dataset_order() -> None:
+    y = torch.arange(10).repeat_interleave(200)  # sorted by class, as CIFAR's splits are
+    x = y.float().unsqueeze(1) * 10 + torch.arange(2000).unsqueeze(1) % 7
+    sx, sy = random_subset((x, y), 500, seed=0)
+    assert sx.shape == (500, 1) and sy.shape == (500,)
+    assert torch.equal(sy, (sx[:, 0] // 10).long())  # rows stay paired
+    assert sorted(set(sy.tolist())) == list(range(10))  # the first 500 hold 3 classes
+    assert torch.all(sy[1:] >= sy[:-1])  # kept in dataset order
+    again = random_subset((x, y), 500, seed=0)
+    assert torch.equal(again[0], sx) and not torch.equal(random_subset((x, y), 500, 1)[1], sy)
+    whole = random_subset((x, y), 2000, seed=0)
+    assert whole[0] is x and whole[1] is y

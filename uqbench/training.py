@@ -59,6 +59,20 @@ def regression_outputs(outputs: Tensor, task: Task) -> tuple[Tensor, Tensor]:
     return mean, log_var
 
 
+def random_subset(tensors: Sequence[Tensor], limit: int, seed: int) -> tuple[Tensor, ...]:
+    """At most ``limit`` examples of ``tensors`` (one index set for all), drawn at random.
+
+    A fixed seeded draw, kept in dataset order; all of them when there are no more than
+    ``limit``. Not the first ``limit``: a benchmark's splits may be sorted by class
+    (CIFAR's and MNIST-5k's are), so a prefix can hold only a few classes.
+    """
+    n = tensors[0].shape[0]
+    if n <= limit:
+        return tuple(tensors)
+    keep = torch.randperm(n, generator=seeded_generator(seed))[:limit].sort().values
+    return tuple(t[keep.to(t.device)] for t in tensors)
+
+
 def seeded_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
     """A torch.Generator on ``device`` seeded with ``seed``."""
     g = torch.Generator(device=device)

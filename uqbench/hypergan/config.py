@@ -81,8 +81,10 @@ class HyperGANConfig(CheckedConfig):
     #: Validate (val NLL and accuracy of ``val_nets`` networks, diversity) this often.
     val_every: int = setting(200, check=at_least(1))
     val_nets: int = setting(10, check=at_least(1))
-    #: At most this many validation examples are used.
+    #: At most this many validation examples are used: a fixed random subset drawn with
+    #: ``val_subset_seed`` (splits can be sorted by class, so never the first ones).
     val_max_examples: int = setting(1000, check=at_least(1))
+    val_subset_seed: int = setting(0, check=at_least(0))
     #: Keep the state with the lowest validation NLL (needs ``val``; else: the last state).
     keep_best: bool = setting(True)
     #: Networks drawn at each validation for the weight-space diagnostics.

@@ -40,8 +40,10 @@ Adam (0.5, 0.9) with weight decay 1e-4, mixer pre-training. What it adds:
   weights than in the authors' unscaled code, which is why lr_generator 1e-3 does not
   train this model (``results/hypergan_dev/validation_probes.md``) while the paper's 1e-4
   does.
-- Validation on the benchmark's validation split (``val``), never on test: every
-  ``val_every`` steps, the NLL and accuracy of the ``val_nets`` networks' mean prediction,
+- Validation on the benchmark's validation split (``val``), never on test (at most
+  ``val_max_examples`` of it, a fixed random subset: CIFAR's splits are sorted by class,
+  and their first 1,000 images held two of the classes): every ``val_every`` steps, the
+  NLL and accuracy of the ``val_nets`` networks' mean prediction,
   their pairwise disagreement and the weight-space spread
   (:mod:`uqbench.hypergan.diagnostics`) go into ``history``; with ``keep_best`` the state
   with the lowest validation NLL is kept (the authors kept the best by *test* accuracy).
@@ -88,6 +90,7 @@ from uqbench.training import (
     check_finite,
     derive_seeds,
     lr_factor,
+    random_subset,
     regression_outputs,
     seeded_generator,
     task_loss,
@@ -277,7 +280,8 @@ class HyperGAN(WeightSampler[HyperGANConfig]):
         x_tr, y_tr = (t.to(self.device) for t in as_tensors(train))
         held_out = None
         if val is not None and len(val) > 0:
-            held_out = tuple(t[: c.val_max_examples].to(self.device) for t in as_tensors(val))
+            subset = random_subset(as_tensors(val), c.val_max_examples, c.val_subset_seed)
+            held_out = tuple(t.to(self.device) for t in subset)
         n_train = x_tr.shape[0]
 
         if c.mixer and c.pretrain_steps > 0:
