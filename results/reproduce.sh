@@ -132,6 +132,9 @@ if [[ $what == mnist ]]; then
         --ood-limit 5000 --device cpu --jobs 2 --cell-timeout 1800 --out runs/mnist
     $uq compare --benchmark mnist --presets none --seeds 0 --methods hypergan --samples 100 \
         --ood-limit 5000 --device cpu --jobs 2 --cell-timeout 1800 --out runs/mnist
+    $uq compare --benchmark mnist --presets results/presets/mnist.json --seeds 1 \
+        --methods ensemble,hypergan-engineered --samples 100 --ood-limit 5000 --device cpu \
+        --jobs 2 --cell-timeout 1800 --out runs/mnist
     $uq report runs/mnist --all --baseline ensemble
     keep mnist
     cp runs/mnist/differences.md results/mnist/
