@@ -167,6 +167,11 @@ if [[ $what == cifar5-jpeg || $what == cifar10-jpeg ]]; then
         --ood-limit 5000 --device cpu --jobs 2 --cell-timeout "$cap" --out "runs/$what"
     $uq compare --benchmark "$what" --presets none --seeds 0 --methods hypergan --samples 100 \
         --ood-limit 5000 --device cpu --jobs 2 --cell-timeout "$cap" --out "runs/$what"
+    if [[ $what == cifar5-jpeg ]]; then  # a second seed for the key comparison
+        $uq compare --benchmark "$what" --presets "results/presets/$what.json" --seeds 1 \
+            --methods ensemble,hypergan-engineered --samples 100 --ood-limit 5000 \
+            --device cpu --jobs 2 --cell-timeout "$cap" --out "runs/$what"
+    fi
     $uq report "runs/$what" --all --baseline ensemble
     keep "$what"
     cp "runs/$what/differences.md" "results/$what/"
