@@ -422,10 +422,13 @@ class _MaxOfProducts(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, rows: Tensor, mat: Tensor) -> Tensor:  # noqa: ANN001 - autograd API
-        out = rows[0] @ mat.T
+        # A contiguous [K, N] operand: ``rows[p] @ mat.T`` (a transposed view, K = 32) ran
+        # ~9x slower than the same product on a contiguous copy on the 2-core CPU machine.
+        mat_t = mat.T.contiguous()
+        out = rows[0] @ mat_t
         beats = []
         for p in range(1, rows.shape[0]):
-            candidate = rows[p] @ mat.T
+            candidate = rows[p] @ mat_t
             beats.append(candidate > out)
             out = torch.maximum(out, candidate, out=out)
         ctx.save_for_backward(rows, mat, *beats)
