@@ -20,13 +20,16 @@ keep() {  # copy the shareable outputs of runs/$1 into results/$1
 }
 what=${1:-all}
 tune_all() {  # BENCHMARK PRESETS TRIALS_DIR [FLAG...]: the protocol budget for every method,
-    # each method's training length fixed by ${length[method]} (set by the caller).
+    # each method's training length fixed by ${length[method]} (set by the caller). A caller
+    # may set tune_methods, tune_trials and tune_cap (s per fit) for another budget.
     local benchmark=$1 presets=$2 trials=$3 m
+    local methods=${tune_methods:-mcdropout ensemble swag hypergan mnf apd hypergan-engineered laplace}
     shift 3
     mkdir -p "$trials"
-    for m in mcdropout ensemble swag hypergan mnf apd hypergan-engineered laplace; do
+    for m in $methods; do
         # shellcheck disable=SC2086  # the --set flags split on purpose
-        $uq tune --method "$m" --benchmark "$benchmark" --trials 20 --max-fit-s 60 --jobs 2 \
+        $uq tune --method "$m" --benchmark "$benchmark" --trials "${tune_trials:-20}" \
+            --max-fit-s "${tune_cap:-60}" --jobs 2 \
             "$@" ${length[$m]} --out "runs/tune-$benchmark-$m" --presets-file "$presets"
         cp "runs/tune-$benchmark-$m/trials.csv" "$trials/$m.csv"
         cp "runs/tune-$benchmark-$m/trials.md" "$trials/$m.md"
@@ -218,14 +221,8 @@ if [[ $what == toy1d-het-tuned ]]; then
         [hypergan-engineered]="--set hypergan-engineered.steps=1000"
     )
     rm -f "$presets"
-    mkdir -p results/presets/trials-toy1d-het
-    for m in ensemble mcdropout hypergan hypergan-engineered mnf swag apd; do
-        # shellcheck disable=SC2086  # the --set flags split on purpose
-        $uq tune --method "$m" --benchmark toy1d-het --trials 10 --max-fit-s 120 --jobs 2 \
-            ${length[$m]} --out "runs/tune-toy1d-het-$m" --presets-file "$presets"
-        cp "runs/tune-toy1d-het-$m/trials.csv" "results/presets/trials-toy1d-het/$m.csv"
-        cp "runs/tune-toy1d-het-$m/trials.md" "results/presets/trials-toy1d-het/$m.md"
-    done
+    tune_methods="ensemble mcdropout hypergan hypergan-engineered mnf swag apd" \
+        tune_trials=10 tune_cap=120 tune_all toy1d-het "$presets" results/presets/trials-toy1d-het
     $uq compare --benchmark toy1d-het --presets "$presets" --seeds 0 --samples 100 \
         --methods hypergan,hypergan-engineered,ensemble,mcdropout,mnf,apd,swag \
         --device cpu --jobs 2 --cell-timeout 900 --out runs/toy1d-het-tuned
