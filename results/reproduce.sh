@@ -215,12 +215,14 @@ if [[ $what == cifar5-jpeg-tuned ]]; then
         --set swag.epochs=60 --set swag.burn_in=24 --set laplace.epochs=45 \
         --set apd.steps=1400 --set apd.burn_in=700 --set apd.final_gan_iters=700 \
         --set hypergan-engineered.steps=3500 --set hypergan-engineered.val_every=500 \
-        --ood-limit 5000 --device cpu --jobs 2 --cell-timeout 1200 --out runs/cifar5-jpeg-tuned
+        --ood-limit 5000 --device cpu --jobs 2 --cell-timeout 1200 --out runs/cifar5-jpeg-tuned \
+        || [[ $? -eq 1 ]]  # 1: some cells failed, the others are in the table
+    # In the committed run MC dropout's cell ran past the 1,200 s cell budget (fit and
+    # scoring) and was stopped, so it is not in the table and there is no MC dropout
+    # baseline here; results/cifar5-jpeg/ has the transferred one.
     $uq report runs/cifar5-jpeg-tuned --all --baseline ensemble
     keep cifar5-jpeg-tuned
     cp runs/cifar5-jpeg-tuned/differences.md results/cifar5-jpeg-tuned/
-    $uq report runs/cifar5-jpeg-tuned --all --baseline mcdropout
-    cp runs/cifar5-jpeg-tuned/differences.md results/cifar5-jpeg-tuned/differences-mcdropout.md
 fi
 if [[ $what == mnist5000-before-protocol ]]; then
     # The committed results/mnist5000 table predates the protocol: it was produced by the
