@@ -20,6 +20,12 @@ keep() {  # copy the shareable outputs of runs/$1 into results/$1
     rm -rf "results/$1/figures" && cp -r "runs/$1/figures" "results/$1/figures"
 }
 what=${1:-all}
+# cifar5-jpeg's final-cell lengths (20-min cell budget), shared by its transferred and
+# tuned tables so that the two differ only in the knobs.
+cifar5_lengths=(--set ensemble.epochs=15 --set mcdropout.epochs=50 --set mnf.epochs=20
+    --set swag.epochs=60 --set swag.burn_in=24 --set laplace.epochs=45
+    --set apd.steps=1400 --set apd.burn_in=700 --set apd.final_gan_iters=700
+    --set hypergan-engineered.steps=3500)
 tune_all() {  # BENCHMARK PRESETS TRIALS_DIR [FLAG...]: the protocol budget for every method,
     # each method's training length fixed by ${length[method]} (set by the caller). A caller
     # may set tune_methods, tune_trials and tune_cap (s per fit) for another budget.
@@ -149,10 +155,7 @@ if [[ $what == cifar5-jpeg || $what == cifar10-jpeg ]]; then
     # for the 20 / 30-min budgets (fit and scoring) at one thread, two cells at a time; the
     # paper HyperGAN at its own settings (2,000 steps, the paper's CIFAR sizes).
     if [[ $what == cifar5-jpeg ]]; then
-        lengths=(--set ensemble.epochs=15 --set mcdropout.epochs=50 --set mnf.epochs=20
-            --set swag.epochs=60 --set swag.burn_in=24 --set laplace.epochs=45
-            --set apd.steps=1400 --set apd.burn_in=700 --set apd.final_gan_iters=700
-            --set hypergan-engineered.steps=3500)
+        lengths=("${cifar5_lengths[@]}")
         cap=1200
     else
         lengths=(--set ensemble.epochs=8 --set mcdropout.epochs=25 --set mnf.epochs=15
@@ -211,10 +214,7 @@ if [[ $what == cifar5-jpeg-tuned ]]; then
         results/presets/trials-cifar5-jpeg --samples 20
     $uq compare --benchmark cifar5-jpeg --presets "$presets" --seeds 0 \
         --methods ensemble,mcdropout,mnf,swag,laplace,apd,hypergan-engineered --samples 100 \
-        --set ensemble.epochs=15 --set mcdropout.epochs=50 --set mnf.epochs=20 \
-        --set swag.epochs=60 --set swag.burn_in=24 --set laplace.epochs=45 \
-        --set apd.steps=1400 --set apd.burn_in=700 --set apd.final_gan_iters=700 \
-        --set hypergan-engineered.steps=3500 --set hypergan-engineered.val_every=500 \
+        "${cifar5_lengths[@]}" --set hypergan-engineered.val_every=500 \
         --ood-limit 5000 --device cpu --jobs 2 --cell-timeout 1200 --out runs/cifar5-jpeg-tuned \
         || [[ $? -eq 1 ]]  # 1: some cells failed, the others are in the table
     # In the committed run MC dropout's cell ran past the 1,200 s cell budget (fit and
